@@ -1,0 +1,112 @@
+"""The one settings object of guardian: every knob, read from `GUARDIAN_*` variables.
+
+Code, README and deploy/ all use these names (a test checks deploy/ against this class), so
+a key means the same thing wherever it appears. Values come from, in order: keyword
+arguments, environment variables, a `.env`-style file named by GUARDIAN_ENV_FILE, defaults.
+The streaming and training keys live here too because the settings object is one, but only
+stream/ and training/ read them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "guardian"
+
+
+class GuardianSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GUARDIAN_",
+        env_file=os.environ.get("GUARDIAN_ENV_FILE"),
+        extra="ignore",
+        protected_namespaces=(),
+    )
+
+    # --- model -----------------------------------------------------------------------
+    #: Folder for prepared base models and other derived files.
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    #: A Hugging Face causal-LM folder to use as the base; empty means the prepared Gemma.
+    base_model: str = ""
+    #: A peft adapter folder (or a full fine-tuned model folder) loaded on top of the base.
+    adapter: str = ""
+    #: Version string recorded in verdicts; empty reads it from the adapter's metadata.
+    model_version: str = ""
+    backend: Literal["transformers", "vllm"] = "transformers"
+    #: "auto" picks CUDA when present, else CPU.
+    device: str = "auto"
+    #: "auto" is bf16 on CUDA and on CPU (the CPU bf16 path is ~3x fp32 here), "float32" etc.
+    dtype: str = "auto"
+    #: Queries per forward pass.
+    batch_size: int = 16
+    max_query_tokens: int = 256
+    max_new_tokens: int = 96
+    #: Torch CPU threads; 0 leaves torch's default.
+    num_threads: int = 0
+    #: vLLM: fraction of GPU memory it may take, and the LoRA rank it reserves for.
+    vllm_gpu_memory_utilization: float = 0.85
+    vllm_max_lora_rank: int = 64
+
+    # --- policies --------------------------------------------------------------------
+    #: Extra folder of policy TOML files (overrides built-ins with the same id).
+    policy_dir: str = ""
+    default_policy: str = "default-ko"
+
+    # --- streaming (stream/) ---------------------------------------------------------
+    kafka_bootstrap: str = "localhost:9092"
+    redis_url: str = ""
+    app_id: str = "guardian"
+    topic_queries: str = "guardian.queries"
+    topic_verdicts: str = "guardian.verdicts"
+    topic_responses: str = "guardian.responses"
+    topic_flagged: str = "guardian.flagged"
+    topic_dlq: str = "guardian.dlq"
+    max_batch: int = 16
+    max_wait_ms: int = 200
+    max_text_chars: int = 4000
+    cache_ttl_s: int = 86400
+    flagged_table_dir: str = "./data/flagged"
+    metrics_port: int = 9464
+
+    # --- training (training/) --------------------------------------------------------
+    data_dir: str = "../shared/data"
+    dataset_dir: str = "./data/guardian-dataset"
+    registry_dir: str = "./models"
+    teacher_url: str = ""
+    teacher_model: str = ""
+    teacher_api_key: str = ""
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_dtype(self):
+        import torch
+
+        if self.dtype == "auto":
+            return torch.bfloat16
+        try:
+            dtype = getattr(torch, self.dtype)
+        except AttributeError:
+            raise ValueError(f"GUARDIAN_DTYPE={self.dtype!r} is not a torch dtype") from None
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"GUARDIAN_DTYPE={self.dtype!r} is not a torch dtype")
+        return dtype
+
+    @property
+    def prepared_base_dir(self) -> Path:
+        return self.cache_dir / "base" / "gemma-3-270m"
+
+
+def get_settings(**overrides) -> GuardianSettings:
+    return GuardianSettings(**overrides)
