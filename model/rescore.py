@@ -1,0 +1,159 @@
+"""Offline re-scoring of a JSONL file of queries: the batch path of `guardian judge`.
+
+Designed for long runs that get interrupted: verdicts are appended and flushed batch by
+batch, and a rerun skips every id the output already holds, so it resumes where it
+stopped. A bad input line is reported with its line number and never stops the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from tqdm import tqdm
+
+from model.engine import GuardianBackend, Query
+from model.policy import Policy, PolicyError, PolicyStore
+
+
+@dataclass
+class RescoreReport:
+    scored: int = 0
+    skipped_existing: int = 0
+    bad_lines: list[tuple[int, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "scored": self.scored,
+            "skipped_existing": self.skipped_existing,
+            "bad_lines": len(self.bad_lines),
+        }
+
+
+@dataclass(frozen=True)
+class _Item:
+    line: int
+    query: Query
+    policy: Policy
+
+
+def existing_ids(output: Path) -> set[str]:
+    """Ids already in the output; a torn last line (crash mid-write) is cut off first."""
+    if not output.exists():
+        return set()
+    raw = output.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        raw = raw[: raw.rfind(b"\n") + 1]
+        output.write_bytes(raw)
+    ids = set()
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        try:
+            ids.add(str(json.loads(line)["id"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return ids
+
+
+def parse_line(
+    lineno: int, raw: str, store: PolicyStore, default: Policy
+) -> tuple[_Item | None, str | None]:
+    try:
+        obj = json.loads(raw)
+    except ValueError as exc:
+        return None, f"not JSON ({exc.msg})"
+    if not isinstance(obj, dict):
+        return None, "a line must be a JSON object"
+    text = obj.get("text", obj.get("prompt"))
+    if not isinstance(text, str) or not text.strip():
+        return None, "missing or empty 'text'"
+    qid = obj.get("id", f"line-{lineno}")
+    if not isinstance(qid, str | int) or isinstance(qid, bool):
+        return None, "'id' must be a string or an integer"
+    policy = default
+    if obj.get("policy") is not None:
+        if not isinstance(obj["policy"], str):
+            return None, "'policy' must be a policy id"
+        try:
+            policy = store.get(obj["policy"])
+        except PolicyError as exc:
+            return None, str(exc)
+    return _Item(lineno, Query(str(qid), text), policy), None
+
+
+def _read_items(
+    lines: Iterator[tuple[int, str]], store, default, done, report, errors: TextIO
+) -> Iterator[_Item]:
+    seen: set[str] = set()
+    for lineno, raw in lines:
+        if not raw.strip():
+            continue
+        item, error = parse_line(lineno, raw, store, default)
+        if item is not None and item.query.id in seen:
+            item, error = None, f"duplicate id {item.query.id!r}"
+        if item is None:
+            report.bad_lines.append((lineno, error or "invalid"))
+            print(f"line {lineno}: {error}", file=errors)
+            continue
+        seen.add(item.query.id)
+        if item.query.id in done:
+            report.skipped_existing += 1
+            continue
+        yield item
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield lineno, "\x00not utf-8"
+
+
+def rescore_file(
+    backend: GuardianBackend,
+    input_path: Path,
+    output_path: Path,
+    *,
+    store: PolicyStore,
+    default_policy: Policy,
+    batch_size: int = 64,
+    errors: TextIO = sys.stderr,
+    progress: bool = True,
+) -> RescoreReport:
+    report = RescoreReport()
+    done = existing_ids(output_path)
+    total = sum(1 for _ in input_path.open("rb"))
+    items = _read_items(_numbered_lines(input_path), store, default_policy, done, report, errors)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    with output_path.open("a", encoding="utf-8") as out, tqdm(
+        total=total, unit="q", desc="judging", disable=not progress
+    ) as bar:
+        batch: list[_Item] = []
+
+        def flush() -> None:
+            by_policy: dict[str, list[_Item]] = {}
+            for item in batch:
+                by_policy.setdefault(item.policy.key, []).append(item)
+            for group in by_policy.values():
+                verdicts = backend.judge([i.query for i in group], group[0].policy)
+                for verdict in verdicts:
+                    out.write(verdict.to_json() + "\n")
+            out.flush()
+            report.scored += len(batch)
+            bar.update(len(batch))
+            batch.clear()
+
+        for item in items:
+            batch.append(item)
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
+            flush()
+        bar.n = total
+        bar.refresh()
+    return report
