@@ -82,6 +82,24 @@ class GuardianSettings(BaseSettings):
     teacher_url: str = ""
     teacher_model: str = ""
     teacher_api_key: str = ""
+    #: Teacher requests per second (synth, relabelling) and retries per request.
+    teacher_rate_limit: float = 2.0
+    teacher_max_retries: int = 4
+    #: Share of each source kept as its fixed held-out test split (hash of the text).
+    test_fraction: float = 0.1
+    #: Safe examples per unsafe example in a training mix (paper, Figure 4).
+    safe_unsafe_ratio: float = 1.0
+    #: Share of safe training queries also taught with `<|harm|>` (-> unsafe + response).
+    harm_token_fraction: float = 0.05
+    train_steps: int = 200
+    train_batch_size: int = 8
+    learning_rate: float = 2e-4
+    lora_r: int = 16
+    train_max_tokens: int = 192
+    #: Retraining: base examples per flagged example, reviewer label file, allowed F1 drop.
+    retrain_base_ratio: float = 4.0
+    review_file: str = ""
+    max_regression: float = 0.0
 
     def resolved_device(self) -> str:
         if self.device != "auto":

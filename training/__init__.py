@@ -1,0 +1,1 @@
+"""Training: data build and curation, synthetic data via a teacher, fine-tuning, eval, retrain."""

@@ -1,0 +1,63 @@
+"""The seed data written in the teacher's role (data/seeds/*.jsonl) and response lookup."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from model.taxonomy import CATEGORY_IDS
+from training.dedupe import stable_hash
+from training.sources import RawExample
+
+HARMFUL_FILE = "harmful_questions.jsonl"
+LOOKALIKE_FILE = "lookalike_questions.jsonl"
+RESPONSES_FILE = "safety_responses.jsonl"
+
+
+def default_seed_dir() -> Path:
+    """data/seeds in the repository (relative to this package, never a machine path)."""
+    return Path(__file__).resolve().parent.parent / "data" / "seeds"
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
+
+
+def read_seed_examples(seed_dir: str | Path) -> list[RawExample]:
+    root = Path(seed_dir)
+    out = []
+    for row in _jsonl(root / HARMFUL_FILE):
+        if row["category"] not in CATEGORY_IDS:
+            raise ValueError(f"seed with unknown category {row['category']!r}: {row['text']}")
+        out.append(
+            RawExample(row["text"], "unsafe", row["category"], "seed_harmful", row["language"])
+        )
+    for row in _jsonl(root / LOOKALIKE_FILE):
+        out.append(RawExample(row["text"], "safe", None, "seed_lookalike", row["language"]))
+    return out
+
+
+class ResponseBank:
+    """Safety responses per (category, language); picks one deterministically per text."""
+
+    def __init__(self, rows: list[dict]):
+        self.bank: dict[tuple[str, str], list[str]] = {}
+        for r in rows:
+            self.bank.setdefault((r["category"], r["language"]), []).append(r["response"])
+
+    @classmethod
+    def load(cls, seed_dir: str | Path) -> ResponseBank:
+        return cls(_jsonl(Path(seed_dir) / RESPONSES_FILE))
+
+    def pick(self, category: str, language: str, text: str) -> str | None:
+        options = self.bank.get((category, language)) or self.bank.get((category, "en"))
+        if not options:
+            return None
+        return options[stable_hash(text) % len(options)]
+
+    def coverage(self) -> dict[str, int]:
+        return {f"{c}/{lang}": len(v) for (c, lang), v in sorted(self.bank.items())}
