@@ -85,13 +85,16 @@ def parse_line(
 
 
 def _read_items(
-    lines: Iterator[tuple[int, str]], store, default, done, report, errors: TextIO
+    lines: Iterator[tuple[int, str | None]], store, default, done, report, errors: TextIO
 ) -> Iterator[_Item]:
     seen: set[str] = set()
     for lineno, raw in lines:
-        if not raw.strip():
+        if raw is None:
+            item, error = None, "not valid UTF-8"
+        elif not raw.strip():
             continue
-        item, error = parse_line(lineno, raw, store, default)
+        else:
+            item, error = parse_line(lineno, raw, store, default)
         if item is not None and item.query.id in seen:
             item, error = None, f"duplicate id {item.query.id!r}"
         if item is None:
@@ -105,13 +108,13 @@ def _read_items(
         yield item
 
 
-def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str | None]]:
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
                 yield lineno, raw.decode("utf-8")
             except UnicodeDecodeError:
-                yield lineno, "\x00not utf-8"
+                yield lineno, None
 
 
 def rescore_file(
