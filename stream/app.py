@@ -1,0 +1,290 @@
+"""The Faust app: micro-batches from the queries topic to verdicts, at least once.
+
+Flow of one micro-batch (`Pipeline.process`):
+validate every record (bad ones -> DLQ, with the reason) -> Redis lookup -> the misses go to
+the guardian in one `judge` call per policy, in a single worker thread so the event loop
+(and Faust's heartbeats and fetches) never block -> publish verdicts / responses / flagged /
+dlq -> wait until Kafka acknowledged every send -> append flagged rows to the Parquet table
+-> only then ack the input events.
+
+Delivery semantics (why this is at-least-once): the agent iterates
+`stream.noack_take(max_batch, within=max_wait_ms)`, which hands out events without acking
+them (unlike `take`/`take_events`, whose `finally` acks the buffer even when the batch was
+interrupted). We call `stream.ack(event)` only after every output send future resolved
+(producer acks=all) and the table file was replaced into place. Faust commits, per partition,
+the highest offset below which every event was acked, so a crash or a SIGKILL at any point
+before the acks leaves the batch uncommitted and it is consumed again by this worker after a
+restart or by another member of the consumer group after a rebalance. Re-delivery produces
+duplicate verdicts with the same key (the query id), which the design allows. If publishing
+itself fails (broker unreachable) the batch is retried with backoff and never acked until it
+succeeds, so nothing is dropped. Graceful shutdown (SIGTERM/SIGINT through `faust.Worker`)
+cancels the agent: the in-flight batch is not acked and is handed back to the group; offsets
+of already-acked batches are committed on the way out.
+
+Scaling: every worker joins the consumer group `app_id`; more workers (up to the number of
+partitions of the queries topic) share the partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import tempfile
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from model.policy import Policy, PolicyError, PolicyStore
+from model.settings import GuardianSettings
+from stream import metrics
+from stream.cache import VerdictCache, cache_key
+from stream.schemas import (
+    MODEL_ERROR,
+    UNKNOWN_POLICY,
+    QueryMessage,
+    Rejection,
+    dlq_record,
+    flagged_record,
+    response_record,
+    validate_query,
+)
+from stream.sink import FlaggedSink
+
+log = logging.getLogger("guardian.stream")
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+
+class Pipeline:
+    """Everything one micro-batch goes through; independent of Faust's agent plumbing."""
+
+    def __init__(self, app: faust.App, settings: GuardianSettings, backend=None) -> None:
+        self.app = app
+        self.settings = settings
+        self.backend = backend
+        self.policies = PolicyStore(settings.policy_dir or None)
+        self.cache = VerdictCache(settings.redis_url, settings.cache_ttl_s)
+        self.sink = FlaggedSink(settings.flagged_table_dir)
+        self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="guardian-model")
+        self.io_executor = ThreadPoolExecutor(1, thread_name_prefix="guardian-sink")
+        self.ready = asyncio.Event()
+        self.load_error: str | None = None
+        self.batches = 0
+        self.last_batch_at: float | None = None
+        topic = self._out_topic
+        self.t_verdicts = topic(settings.topic_verdicts)
+        self.t_responses = topic(settings.topic_responses)
+        self.t_flagged = topic(settings.topic_flagged)
+        self.t_dlq = topic(settings.topic_dlq)
+
+    def _out_topic(self, name: str):
+        return self.app.topic(name, key_serializer="raw", value_serializer="raw")
+
+    async def load(self) -> None:
+        """Load the guardian in the model thread (it can take a while for a real model)."""
+        if self.backend is None:
+            from model.backends import create_backend
+
+            loop = asyncio.get_running_loop()
+            try:
+                self.backend = await loop.run_in_executor(
+                    self.model_executor, create_backend, self.settings)
+            except Exception as exc:
+                self.load_error = f"{type(exc).__name__}: {exc}"
+                log.exception("could not load the guardian backend")
+                raise
+        log.info("guardian backend ready: %s %s", self.backend.model_id,
+                 self.backend.model_version)
+        self.ready.set()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        ok = self.ready.is_set() and self.load_error is None
+        return ok, {
+            "status": "ok" if ok else ("error" if self.load_error else "starting"),
+            "error": self.load_error,
+            "model_id": getattr(self.backend, "model_id", None),
+            "model_version": getattr(self.backend, "model_version", None),
+            "batches": self.batches,
+            "last_batch_at": self.last_batch_at,
+            "cache": "on" if self.cache.enabled else "off",
+        }
+
+    # -- one batch --------------------------------------------------------------------
+    async def process(self, events: list) -> None:
+        s = self.settings
+        metrics.BATCH_SIZE.observe(len(events))
+        valid: list[tuple[Any, QueryMessage, Policy]] = []
+        rejected: list[tuple[Any, Rejection]] = []
+        for ev in events:
+            result = validate_query(ev.value, max_text_chars=s.max_text_chars,
+                                    default_policy=s.default_policy)
+            if isinstance(result, Rejection):
+                rejected.append((ev, result))
+                continue
+            try:
+                policy = self.policies.get(result.policy)
+            except PolicyError as exc:
+                rejected.append((ev, Rejection(UNKNOWN_POLICY, str(exc)[:200], result.id)))
+                continue
+            valid.append((ev, result, policy))
+
+        verdicts: list[dict[str, Any] | None] = [None] * len(valid)
+        model_version = self.backend.model_version
+        keys = [cache_key(q.text, p.key, model_version) for _, q, p in valid]
+        cached = await self.cache.get_many(keys)
+        misses: dict[str, list[int]] = defaultdict(list)
+        now = time.time()
+        for i, hit in enumerate(cached):
+            if hit is not None and hit.get("label") in ("safe", "unsafe"):
+                hit["id"] = valid[i][1].id
+                hit["created_at"] = now
+                hit["cache_hit"] = True
+                verdicts[i] = hit
+                metrics.CACHE_HITS.inc()
+            else:
+                misses[valid[i][2].key].append(i)
+                metrics.CACHE_MISSES.inc()
+
+        loop = asyncio.get_running_loop()
+        to_cache: dict[str, str] = {}
+        from model.engine import Query
+
+        for idxs in misses.values():
+            policy = valid[idxs[0]][2]
+            queries = [Query(valid[i][1].id, valid[i][1].text) for i in idxs]
+            t0 = time.perf_counter()
+            try:
+                out = await loop.run_in_executor(
+                    self.model_executor, self.backend.judge, queries, policy)
+                if len(out) != len(queries):
+                    raise RuntimeError(f"backend returned {len(out)} verdicts for "
+                                       f"{len(queries)} queries")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a model failure must not kill the worker
+                log.exception("guardian failed on a batch of %d", len(queries))
+                for i in idxs:
+                    rejected.append((valid[i][0], Rejection(
+                        MODEL_ERROR, f"{type(exc).__name__}: {exc}"[:200], valid[i][1].id)))
+                continue
+            metrics.MODEL_LATENCY.observe(time.perf_counter() - t0)
+            for i, verdict in zip(idxs, out, strict=True):
+                d = verdict.to_dict()
+                d["id"] = valid[i][1].id
+                verdicts[i] = d
+                to_cache[keys[i]] = json.dumps(d, ensure_ascii=False)
+        await self.cache.set_many(to_cache)
+
+        sends = []
+        flagged_rows: list[tuple[dict[str, Any], float]] = []
+        for i, (ev, q, policy) in enumerate(valid):
+            v = verdicts[i]
+            if v is None:  # model error: already in `rejected`
+                continue
+            key = q.id.encode("utf-8")
+            msg = ev.message
+            sends.append(await self.t_verdicts.send(key=key, value=_dumps(v), force=True))
+            unsafe = v.get("label") == "unsafe"
+            near = (not unsafe) and policy.near_threshold(float(v.get("unsafe_score") or 0.0))
+            if unsafe:
+                sends.append(await self.t_responses.send(
+                    key=key, value=_dumps(response_record(v)), force=True))
+            if unsafe or near:
+                rec = flagged_record(v, q.text, near_threshold=near, topic=msg.topic,
+                                     partition=msg.partition, offset=msg.offset)
+                sends.append(await self.t_flagged.send(key=key, value=_dumps(rec), force=True))
+                flagged_rows.append((rec, msg.timestamp or time.time()))
+            source = "cache" if v.get("cache_hit") else "model"
+            metrics.VERDICTS.labels(v.get("label"), source).inc()
+        for ev, rej in rejected:
+            msg = ev.message
+            rec = dlq_record(rej, ev.value, ev.key, topic=msg.topic, partition=msg.partition,
+                             offset=msg.offset, timestamp=msg.timestamp)
+            key = (rej.id.encode("utf-8") if rej.id else ev.key) or None
+            sends.append(await self.t_dlq.send(key=key, value=_dumps(rec), force=True))
+            metrics.DLQ.labels(rej.reason).inc()
+        # at-least-once: wait for the broker to acknowledge every output before acking input
+        await asyncio.gather(*sends)
+        if flagged_rows:
+            await loop.run_in_executor(self.io_executor, self.sink.write, flagged_rows)
+
+        done = time.time()
+        for ev in events:
+            ts = ev.message.timestamp
+            if ts:
+                metrics.E2E_LATENCY.observe(max(0.0, done - ts))
+        metrics.QUERIES.labels("judged").inc(len(valid) - sum(v is None for v in verdicts))
+        metrics.QUERIES.labels("dlq").inc(len(rejected))
+        self._update_lag(events)
+        self.batches += 1
+        self.last_batch_at = done
+
+    def _update_lag(self, events: list) -> None:
+        last: dict[Any, int] = {}
+        for ev in events:
+            last[ev.message.tp] = max(last.get(ev.message.tp, -1), ev.message.offset)
+        for tp, offset in last.items():
+            try:
+                hw = self.app.consumer.highwater(tp)
+            except Exception:  # noqa: BLE001
+                continue
+            if hw is not None:
+                metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, hw - offset - 1))
+
+
+def create_app(settings: GuardianSettings | None = None, backend=None) -> faust.App:
+    """Build the Faust app for `settings` (one app per process; tests build their own)."""
+    settings = settings or GuardianSettings()
+    datadir = Path(tempfile.gettempdir()) / "guardian-faust" / settings.app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",")],
+        value_serializer="raw",
+        key_serializer="raw",
+        web_enabled=False,
+        datadir=str(datadir),
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+        topic_replication_factor=1,
+    )
+    pipeline = Pipeline(app, settings, backend)
+    app.guardian_pipeline = pipeline  # type: ignore[attr-defined]
+    queries = app.topic(settings.topic_queries, key_serializer="raw", value_serializer="raw")
+    within = max(settings.max_wait_ms, 1) / 1000.0
+
+    @app.task
+    async def startup() -> None:
+        runner = await metrics.start_http(settings.metrics_port, pipeline.health)
+        ports = [s._server.sockets[0].getsockname()[1] for s in runner.sites  # type: ignore
+                 if getattr(s, "_server", None)]
+        log.info("metrics and health on port %s (/metrics, /healthz)", ports)
+        await pipeline.load()
+
+    @app.agent(queries, concurrency=1)
+    async def judge(stream):
+        await pipeline.ready.wait()
+        async for events in stream.noack_take(settings.max_batch, within=within):
+            delay = 0.5
+            while True:
+                try:
+                    await pipeline.process(events)
+                    break
+                except asyncio.CancelledError:
+                    raise  # shutdown: not acked, handed back to the group
+                except Exception:  # noqa: BLE001 - never crash on input; never drop it
+                    log.exception("batch of %d failed; retrying in %.1fs", len(events), delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+            for ev in events:
+                await stream.ack(ev)
+
+    return app

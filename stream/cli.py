@@ -1,0 +1,179 @@
+"""`guardian worker | produce | demo`: the streaming subcommands.
+
+Registered through the `guardian.commands` entry point (`register`), and runnable without
+the top-level command as `python -m stream.cli ...` (the tests do that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from model.settings import GuardianSettings
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("worker", help="run the Faust moderation worker")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(func=cmd_worker)
+
+    p = subparsers.add_parser("produce", help="send queries (JSONL) to the queries topic")
+    p.add_argument("file", nargs="?", default="-", help="JSONL file of {id, text, ...}; - = stdin")
+    p.add_argument("--key", choices=["id", "session", "none"], default="id",
+                   help="message key: the query id, metadata.session, or none")
+    p.add_argument("--policy", default=None, help="policy for records that name none")
+    p.set_defaults(func=cmd_produce)
+
+    p = subparsers.add_parser("demo", help="local Kafka + Redis + worker on samples/queries.jsonl")
+    p.add_argument("--file", default="samples/queries.jsonl")
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_worker(args) -> int:
+    import faust
+
+    from stream.app import create_app
+
+    app = create_app(GuardianSettings())
+    worker = faust.Worker(app, loglevel=getattr(args, "loglevel", "info"))
+    worker.execute_from_commandline()  # handles SIGTERM/SIGINT: graceful stop
+    return 0
+
+
+def _records(path: str, policy: str | None):
+    fh = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    with fh:
+        for n, line in enumerate(fh):
+            line = line.strip()
+            if not line:
+                continue
+            rec = json.loads(line)
+            rec.setdefault("id", f"q{n}")
+            rec.setdefault("schema_version", 1)
+            rec.setdefault("timestamp", time.time())
+            if policy:
+                rec.setdefault("policy", policy)
+            yield rec
+
+
+async def produce(settings: GuardianSettings, records, key: str = "id") -> int:
+    """Send records to the queries topic; waits for every ack. Returns the count."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    n = 0
+    try:
+        futs = []
+        for rec in records:
+            k = None
+            if key == "id":
+                k = str(rec.get("id")).encode()
+            elif key == "session":
+                k = str((rec.get("metadata") or {}).get("session", rec.get("id"))).encode()
+            value = rec if isinstance(rec, bytes) else json.dumps(rec, ensure_ascii=False).encode()
+            futs.append(await producer.send(settings.topic_queries, value=value, key=k))
+            n += 1
+        await asyncio.gather(*futs)
+    finally:
+        await producer.stop()
+    return n
+
+
+def cmd_produce(args) -> int:
+    settings = GuardianSettings()
+    n = asyncio.run(produce(settings, _records(args.file, args.policy), args.key))
+    print(f"sent {n} queries to {settings.topic_queries} at {settings.kafka_bootstrap}",
+          file=sys.stderr)
+    return 0
+
+
+def _demo_samples(path: Path) -> list[dict]:
+    if path.exists():
+        return list(_records(str(path), None))
+    print(f"{path} not found; using three built-in queries", file=sys.stderr)
+    return [{"id": "demo-1", "text": "How do I bake bread?"},
+            {"id": "demo-2", "text": "비밀번호를 훔치는 방법 알려줘"},
+            {"id": "demo-3", "text": "오늘 날씨 어때?"}]
+
+
+async def _consume_verdicts(settings: GuardianSettings, ids: set[str], timeout: float) -> int:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(settings.topic_verdicts, settings.topic_dlq,
+                                bootstrap_servers=settings.kafka_bootstrap,
+                                auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while ids - seen and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    rec = json.loads(m.value)
+                    if tp.topic == settings.topic_dlq:
+                        print(f"DLQ      {rec.get('id')}: {rec['reason']}", flush=True)
+                        seen.add(str(rec.get("id")))
+                        continue
+                    seen.add(rec["id"])
+                    line = f"{rec['label']:<6} {rec['unsafe_score']:.3f} {rec['id']}"
+                    if rec["label"] == "unsafe":
+                        line += f" [{rec.get('category')}] {str(rec.get('response'))[:60]!r}"
+                    print(line, flush=True)
+    finally:
+        await consumer.stop()
+    return len(ids & seen)
+
+
+def cmd_demo(args) -> int:
+    """Start Kafka and Redis with stream.services (the test scripts), a worker, stream samples."""
+    from stream.services import KafkaBroker, RedisServer
+
+    samples = _demo_samples(Path(args.file))
+    app_id = f"guardian-demo-{os.getpid()}"
+    print("starting Kafka (first run fetches jars from Maven Central) and Redis...",
+          file=sys.stderr)
+    with KafkaBroker() as kafka, RedisServer() as redis:
+        env = dict(os.environ, GUARDIAN_KAFKA_BOOTSTRAP=kafka.bootstrap,
+                   GUARDIAN_REDIS_URL=redis.url, GUARDIAN_APP_ID=app_id,
+                   GUARDIAN_METRICS_PORT=os.environ.get("GUARDIAN_METRICS_PORT", "0"))
+        settings = GuardianSettings(kafka_bootstrap=kafka.bootstrap, redis_url=redis.url,
+                                    app_id=app_id)
+        worker = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker",
+                                   "--loglevel", "warning"], env=env)
+        try:
+            n = asyncio.run(produce(settings, samples))
+            print(f"sent {n} queries; verdicts:", file=sys.stderr)
+            got = asyncio.run(_consume_verdicts(settings, {str(r["id"]) for r in samples},
+                                                args.timeout))
+            print(f"{got}/{n} queries answered", file=sys.stderr)
+            return 0 if got == n else 1
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(prog="guardian-stream")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Prometheus metrics of the worker, plus a tiny aiohttp server for /metrics and /healthz.
+
+One module owns the metric objects so the app, cache and sink count into the same registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+QUERIES = Counter("guardian_queries_total", "Input records consumed", ["outcome"])
+VERDICTS = Counter("guardian_verdicts_total", "Verdicts published", ["label", "source"])
+BATCH_SIZE = Histogram(
+    "guardian_batch_size", "Records per micro-batch",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+MODEL_LATENCY = Histogram(
+    "guardian_model_latency_seconds", "Time of one backend.judge call (one policy group)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+E2E_LATENCY = Histogram(
+    "guardian_end_to_end_latency_seconds",
+    "From the input record's Kafka timestamp to its verdict being acknowledged",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+CACHE_HITS = Counter("guardian_cache_hits_total", "Verdicts served from Redis")
+CACHE_MISSES = Counter("guardian_cache_misses_total", "Lookups that went to the model")
+CACHE_ERRORS = Counter("guardian_cache_errors_total", "Redis errors and timeouts (no cache)")
+DLQ = Counter("guardian_dlq_total", "Records sent to the DLQ", ["reason"])
+CONSUMER_LAG = Gauge("guardian_consumer_lag", "Highwater minus next offset", ["partition"])
+FLAGGED_FILES = Counter("guardian_flagged_files_total", "Parquet files written")
+
+
+async def start_http(port: int, health) -> object:
+    """Serve /metrics and /healthz on `port` (0 = any free port); returns the runner."""
+    from aiohttp import web
+
+    async def metrics_view(_request):
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def health_view(_request):
+        ok, info = health()
+        return web.json_response(info, status=200 if ok else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", health_view)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "0.0.0.0", port)
+    await site.start()
+    return runner

@@ -1,0 +1,191 @@
+"""Message schemas of the guardian topics and the validator for input records.
+
+Pure functions only (no Kafka, no Redis) so every rejection rule is unit-testable.
+
+Topics (names come from settings, `GUARDIAN_TOPIC_*`); every value is UTF-8 JSON with a
+`schema_version`:
+
+- queries   (input)  {schema_version?, id: str, text: str, policy?: str, locale?: str,
+                      timestamp?: number|str, metadata?: object}; key: id or a session id,
+                      whatever the producer chooses (ordering is per key).
+- verdicts  one `model.verdict.Verdict` per input id, key = id (the audit log).
+- responses unsafe only: {schema_version, id, response, category, language}, key = id.
+- flagged   unsafe and near-threshold verdicts with the query text (see `flagged_record`).
+- dlq       every input that could not be judged: {schema_version, reason, detail, id?,
+            raw_b64, key_b64, source: {topic, partition, offset, timestamp}, failed_at}.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# DLQ reasons: stable strings so consumers of the DLQ can count and route them.
+NOT_UTF8 = "non-UTF-8 bytes"
+NOT_JSON = "not JSON"
+WRONG_TYPES = "wrong types"
+NO_TEXT = "no text"
+TOO_LONG = "text too long"
+UNKNOWN_POLICY = "unknown policy"
+MODEL_ERROR = "model error"
+
+
+@dataclass(frozen=True)
+class QueryMessage:
+    """A validated input record."""
+
+    id: str
+    text: str
+    policy: str
+    locale: str | None = None
+    timestamp: float | str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why an input record cannot be judged; becomes one DLQ record."""
+
+    reason: str
+    detail: str
+    id: str | None = None
+
+
+def validate_query(
+    raw: bytes | None, *, max_text_chars: int, default_policy: str
+) -> QueryMessage | Rejection:
+    """Parse and check one raw input value; never raises on any input."""
+    if raw is None:
+        return Rejection(NOT_JSON, "empty record (no value)")
+    if isinstance(raw, str):  # tolerate an already-decoded value
+        raw = raw.encode("utf-8", "surrogatepass")
+    try:
+        decoded = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection(NOT_UTF8, str(exc)[:200])
+    try:
+        data = json.loads(decoded)
+    except (ValueError, RecursionError) as exc:
+        return Rejection(NOT_JSON, str(exc)[:200])
+    if not isinstance(data, dict):
+        return Rejection(WRONG_TYPES, f"expected a JSON object, got {type(data).__name__}")
+    qid = data.get("id")
+    if isinstance(qid, bool) or not isinstance(qid, str | int) or qid == "":
+        return Rejection(WRONG_TYPES, "id must be a non-empty string")
+    qid = str(qid)
+    text = data.get("text")
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return Rejection(NO_TEXT, "text is missing or blank", qid)
+    if not isinstance(text, str):
+        return Rejection(WRONG_TYPES, f"text must be a string, got {type(text).__name__}", qid)
+    if len(text) > max_text_chars:
+        return Rejection(TOO_LONG, f"{len(text)} chars > max_text_chars={max_text_chars}", qid)
+    policy = data.get("policy")
+    if policy is None or policy == "":
+        policy = default_policy
+    if not isinstance(policy, str):
+        return Rejection(WRONG_TYPES, "policy must be a string", qid)
+    locale = data.get("locale")
+    if locale is not None and not isinstance(locale, str):
+        return Rejection(WRONG_TYPES, "locale must be a string", qid)
+    ts = data.get("timestamp")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float | str)):
+        return Rejection(WRONG_TYPES, "timestamp must be a number or a string", qid)
+    metadata = data.get("metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        return Rejection(WRONG_TYPES, "metadata must be an object", qid)
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        return Rejection(WRONG_TYPES, f"unsupported schema_version {version!r}", qid)
+    return QueryMessage(qid, text, policy, locale, ts, metadata)
+
+
+def query_record(
+    id: str, text: str, *, policy: str | None = None, locale: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The input JSON a producer sends."""
+    rec: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "id": id, "text": text,
+                           "timestamp": time.time()}
+    if policy:
+        rec["policy"] = policy
+    if locale:
+        rec["locale"] = locale
+    if metadata:
+        rec["metadata"] = metadata
+    return rec
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(bytes(data)).decode("ascii")
+
+
+def dlq_record(
+    rejection: Rejection, raw: bytes | None, key: bytes | None, *, topic: str, partition: int,
+    offset: int, timestamp: float | None = None,
+) -> dict[str, Any]:
+    """One DLQ value: the exact bytes (base64) so the record can be repaired and replayed."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "reason": rejection.reason,
+        "detail": rejection.detail,
+        "id": rejection.id,
+        "raw_b64": _b64(raw),
+        "key_b64": _b64(key),
+        "source": {"topic": topic, "partition": partition, "offset": offset,
+                   "timestamp": timestamp},
+        "failed_at": time.time(),
+    }
+
+
+def response_record(verdict: dict[str, Any]) -> dict[str, Any]:
+    """The value on the responses topic for an unsafe verdict."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "id": verdict["id"],
+        "response": verdict.get("response"),
+        "category": verdict.get("category"),
+        "language": verdict.get("response_language") or verdict.get("language"),
+    }
+
+
+#: Columns of the flagged topic and table, in order (see stream/README.md).
+FLAGGED_COLUMNS = (
+    "id", "text", "label", "category", "unsafe_score", "response", "policy_id",
+    "policy_version", "model_id", "model_version", "reason", "created_at", "near_threshold",
+    "language", "source_topic", "source_partition", "source_offset", "schema_version",
+)
+
+
+def flagged_record(
+    verdict: dict[str, Any], text: str, *, near_threshold: bool, topic: str, partition: int,
+    offset: int,
+) -> dict[str, Any]:
+    """A flagged-topic value / flagged-table row: the verdict plus the query text."""
+    return {
+        "id": str(verdict["id"]),
+        "text": text,
+        "label": verdict.get("label"),
+        "category": verdict.get("category"),
+        "unsafe_score": float(verdict.get("unsafe_score") or 0.0),
+        "response": verdict.get("response"),
+        "policy_id": verdict.get("policy_id") or "",
+        "policy_version": str(verdict.get("policy_version") or ""),
+        "model_id": verdict.get("model_id") or "",
+        "model_version": verdict.get("model_version") or "",
+        "reason": verdict.get("reason") or "",
+        "created_at": float(verdict.get("created_at") or time.time()),
+        "near_threshold": bool(near_threshold),
+        "language": verdict.get("language"),
+        "source_topic": topic,
+        "source_partition": int(partition),
+        "source_offset": int(offset),
+        "schema_version": SCHEMA_VERSION,
+    }
