@@ -79,6 +79,18 @@ class Engine:
         self.max_query_tokens = max_query_tokens
         self.max_new_tokens = max_new_tokens
 
+    @classmethod
+    def for_backend(
+        cls, runner: Runner, tokenizer, tokens: GuardianTokens, *, backend_name: str,
+        model_id: str, model_version: str, settings,
+    ) -> Engine:
+        """An engine with the prompt and decoding bounds a GuardianSettings names."""
+        return cls(
+            runner, tokenizer, tokens, backend_name=backend_name, model_id=model_id,
+            model_version=model_version, max_query_tokens=settings.max_query_tokens,
+            max_new_tokens=settings.max_new_tokens,
+        )
+
     def plan(self, query: Query, policy: Policy) -> _Plan:
         language = detect_language(query.text)
         response_language = policy.response_language_for(language)

@@ -154,7 +154,7 @@ class LoadedGuardian:
     device: str
 
 
-def _read_meta(folder: Path) -> dict:
+def read_model_meta(folder: Path) -> dict:
     path = folder / MODEL_META_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -216,7 +216,7 @@ def load_guardian(settings: GuardianSettings) -> LoadedGuardian:
     model.to(device)
     model.eval()
 
-    meta = {**_read_meta(base), **(_read_meta(adapter) if adapter is not None else {})}
+    meta = {**read_model_meta(base), **(read_model_meta(adapter) if adapter is not None else {})}
     model_id = meta.get("model_id") or (adapter.name if adapter is not None else base.name)
     version = settings.model_version or meta.get("version") or "unversioned"
     return LoadedGuardian(model, tokenizer, tokens, model_id, version, device)

@@ -110,15 +110,9 @@ class TransformersBackend:
             device=loaded.device,
             batch_size=settings.batch_size,
         )
-        self.engine = Engine(
-            self.runner,
-            loaded.tokenizer,
-            loaded.tokens,
-            backend_name=self.name,
-            model_id=loaded.model_id,
-            model_version=loaded.model_version,
-            max_query_tokens=settings.max_query_tokens,
-            max_new_tokens=settings.max_new_tokens,
+        self.engine = Engine.for_backend(
+            self.runner, loaded.tokenizer, loaded.tokens, backend_name=self.name,
+            model_id=loaded.model_id, model_version=loaded.model_version, settings=settings,
         )
 
     @classmethod

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from model.engine import Engine, Query
@@ -104,7 +105,7 @@ class VLLMBackend:
             ) from exc
         from transformers import AutoTokenizer
 
-        from model.loading import MODEL_META_FILE, assign_special_tokens
+        from model.loading import assign_special_tokens, read_model_meta
 
         base = base_dir_for(settings)
         adapter = settings.adapter or None
@@ -124,22 +125,13 @@ class VLLMBackend:
             logprobs_mode="processed_logprobs",
         )
         lora = LoRARequest("guardian", 1, adapter) if adapter else None
-        import json
-        from pathlib import Path
-
-        meta_path = Path(adapter or base, MODEL_META_FILE)
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta = {**read_model_meta(base), **(read_model_meta(Path(adapter)) if adapter else {})}
         self.model_id = meta.get("model_id", Path(adapter or base).name)
         self.model_version = settings.model_version or meta.get("version", "unversioned")
-        self.engine = Engine(
-            VLLMRunner(self.llm, tokens, lora_request=lora),
-            tokenizer,
-            tokens,
-            backend_name=self.name,
-            model_id=self.model_id,
-            model_version=self.model_version,
-            max_query_tokens=settings.max_query_tokens,
-            max_new_tokens=settings.max_new_tokens,
+        self.engine = Engine.for_backend(
+            VLLMRunner(self.llm, tokens, lora_request=lora), tokenizer, tokens,
+            backend_name=self.name, model_id=self.model_id, model_version=self.model_version,
+            settings=settings,
         )
 
     @classmethod
