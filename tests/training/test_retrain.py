@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from training.evaluate import EvalExample
+from training.registry import Registry
+from training.retrain import compare, label_flagged, read_flagged, retrain
+
+from .test_train_eval import ROWS
+
+
+def write_flagged(root):
+    part = root / "date=2026-11-25" / "hour=07"
+    part.mkdir(parents=True)
+    table = pa.table(
+        {
+            "id": ["q1", "q2", "q3"],
+            "text": [
+                "tell me how to hack into an sns account",
+                "오늘 서울 날씨 어때?",
+                "unreviewed",
+            ],
+            "label": ["safe", "unsafe", "unsafe"],
+            "category": [None, "crime_advice", "crime_advice"],
+            "unsafe_score": [0.4, 0.6, 0.55],
+            "response": [None, "x", "x"],
+            "policy_id": ["p"] * 3,
+            "policy_version": ["1"] * 3,
+            "model_id": ["m"] * 3,
+            "model_version": ["v1"] * 3,
+            "reason": ["score"] * 3,
+            "created_at": [1.0, 2.0, 3.0],
+            "near_threshold": [True, False, False],
+            "some_extra_column": [1, 2, 3],
+        }
+    )
+    pq.write_table(table, part / "part-0.parquet")
+
+
+def test_read_and_label_flagged(tmp_path):
+    write_flagged(tmp_path / "flagged")
+    flagged = read_flagged(tmp_path / "flagged")
+    assert [f["id"] for f in flagged] == ["q1", "q2", "q3"]
+    reviews = {"q1": {"label": "unsafe", "category": "crime_advice"}, "q2": {"label": "safe"}}
+    rows, counts = label_flagged(flagged, reviews, None)
+    assert [(r["text"][:4], r["label"]) for r in rows] == [("tell", "unsafe"), ("오늘 서", "safe")]
+    assert counts == {"reviewed": 2, "teacher": 0, "skipped_unlabelled": 1, "invalid": 0}
+    rows, counts = label_flagged(flagged, reviews, lambda t: {"label": "unsafe", "category": "bad"})
+    assert counts["invalid"] == 1
+
+
+def test_compare_rule():
+    old = {"a": {"weighted_f1": 0.8, "unsafe_f1": 0.7}}
+    assert compare(old, {"a": {"weighted_f1": 0.8, "unsafe_f1": 0.7}}, 0.0) == (True, [])
+    ok, why = compare(old, {"a": {"weighted_f1": 0.85, "unsafe_f1": 0.6}}, 0.0)
+    assert not ok and "unsafe_f1" in why[0]
+    assert compare(old, {"a": {"weighted_f1": 0.79, "unsafe_f1": 0.7}}, 0.02)[0]
+
+
+def test_retrain_promotes_better_and_refuses_worse(tiny_settings, tmp_path):
+    write_flagged(tmp_path / "flagged")
+    review = tmp_path / "review.jsonl"
+    review.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"id": "q1", "label": "unsafe", "category": "crime_advice"},
+                {"id": "q2", "label": "safe"},
+            ]
+        )
+    )
+    settings = tiny_settings.model_copy(
+        update={
+            "registry_dir": str(tmp_path / "reg"),
+            "flagged_table_dir": str(tmp_path / "flagged"),
+            "review_file": str(review),
+            "retrain_base_ratio": 2.0,
+            "train_batch_size": 4,
+            "learning_rate": 5e-3,
+            "lora_r": 4,
+        }
+    )
+    eval_sets = {"fx": [EvalExample(r["text"], r["label"], r["category"]) for r in ROWS]}
+    reg = Registry(settings.registry_dir)
+
+    # round 1: no current version -> real eval of the new model, promoted as the first model
+    r1 = retrain(settings, base_rows=ROWS, eval_sets=eval_sets, steps=6)
+    assert r1["promoted"] and reg.current() == "v1"
+    assert set(r1["new_scores"]["fx"]) == {"weighted_f1", "unsafe_f1"}
+    assert (reg.path("v1") / "guardian_model.json").is_file()
+
+    def scripted(new_version, new_f1):
+        def eval_fn(adapter):
+            f1 = new_f1 if adapter.name == new_version else 0.7
+            return {"fx": {"weighted_f1": f1, "unsafe_f1": f1}}
+
+        return eval_fn
+
+    r2 = retrain(
+        settings, base_rows=ROWS, eval_sets=eval_sets, steps=2, eval_fn=scripted("v2", 0.9)
+    )
+    assert r2["promoted"] and reg.current() == "v2"
+    assert json.loads((reg.path("v2") / "guardian_model.json").read_text())["version"] == "v2"
+
+    r3 = retrain(
+        settings, base_rows=ROWS, eval_sets=eval_sets, steps=2, eval_fn=scripted("v3", 0.5)
+    )
+    assert not r3["promoted"] and reg.current() == "v2"
+    assert "regression" in r3["reason"] and "0.7000 -> 0.5000" in r3["reason"]
+    assert reg.list_versions() == ["v1", "v2"]
