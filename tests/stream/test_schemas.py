@@ -1,0 +1,74 @@
+"""Unit tests for input validation and output records (no services)."""
+
+import base64
+import json
+
+import pytest
+
+from stream import schemas as s
+
+
+def v(raw, **kw):
+    return s.validate_query(raw, max_text_chars=kw.get("max", 20), default_policy="default-ko")
+
+
+def enc(obj) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode()
+
+
+def test_valid_minimal_gets_default_policy():
+    q = v(enc({"id": "a", "text": "안녕하세요"}))
+    assert isinstance(q, s.QueryMessage)
+    assert (q.id, q.text, q.policy, q.metadata) == ("a", "안녕하세요", "default-ko", {})
+
+
+def test_valid_full():
+    q = v(enc({"schema_version": 1, "id": 7, "text": "hi", "policy": "default-en",
+               "locale": "en-US", "timestamp": 1.5, "metadata": {"session": "s"}}))
+    assert q.id == "7" and q.policy == "default-en" and q.metadata == {"session": "s"}
+
+
+@pytest.mark.parametrize("raw,reason", [
+    (b"\xff\xfe not utf8", s.NOT_UTF8),
+    (b"{not json", s.NOT_JSON),
+    (None, s.NOT_JSON),
+    (b"", s.NOT_JSON),
+    (enc([1, 2]), s.WRONG_TYPES),
+    (enc({"text": "no id"}), s.WRONG_TYPES),
+    (enc({"id": ["x"], "text": "t"}), s.WRONG_TYPES),
+    (enc({"id": True, "text": "t"}), s.WRONG_TYPES),
+    (enc({"id": "a"}), s.NO_TEXT),
+    (enc({"id": "a", "text": "   "}), s.NO_TEXT),
+    (enc({"id": "a", "text": 5}), s.WRONG_TYPES),
+    (enc({"id": "a", "text": "x" * 21}), s.TOO_LONG),
+    (enc({"id": "a", "text": "t", "policy": 3}), s.WRONG_TYPES),
+    (enc({"id": "a", "text": "t", "locale": 3}), s.WRONG_TYPES),
+    (enc({"id": "a", "text": "t", "timestamp": {}}), s.WRONG_TYPES),
+    (enc({"id": "a", "text": "t", "metadata": "m"}), s.WRONG_TYPES),
+    (enc({"id": "a", "text": "t", "schema_version": 99}), s.WRONG_TYPES),
+])
+def test_rejections(raw, reason):
+    r = v(raw)
+    assert isinstance(r, s.Rejection), r
+    assert r.reason == reason
+
+
+def test_never_raises_on_garbage():
+    lone_surrogate = "\ud800".encode("utf-8", "surrogatepass")
+    for raw in [b"\x00" * 10, b"[" * 100000, b"null", b"1e999", lone_surrogate]:
+        assert isinstance(v(raw), s.Rejection)
+
+
+def test_dlq_record_keeps_raw_bytes():
+    raw = b"\xff\x00bad"
+    rec = s.dlq_record(s.Rejection(s.NOT_UTF8, "x"), raw, b"k", topic="t", partition=2, offset=9)
+    assert base64.b64decode(rec["raw_b64"]) == raw
+    assert rec["source"] == {"topic": "t", "partition": 2, "offset": 9, "timestamp": None}
+    assert rec["schema_version"] == s.SCHEMA_VERSION
+    json.dumps(rec)
+
+
+def test_flagged_record_columns():
+    rec = s.flagged_record({"id": "a", "label": "unsafe", "unsafe_score": 0.9}, "t",
+                           near_threshold=False, topic="q", partition=0, offset=1)
+    assert tuple(rec) == s.FLAGGED_COLUMNS

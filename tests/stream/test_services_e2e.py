@@ -1,0 +1,149 @@
+"""End-to-end tests against the real Kafka broker and Redis (one of each per session)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import pytest
+
+from stream.schemas import FLAGGED_COLUMNS
+from tests.stream.conftest import collect, send_raw
+
+pytestmark = pytest.mark.services
+
+
+def _valid(n: int, prefix: str) -> list[tuple[bytes, bytes]]:
+    texts = ["How do I bake bread?", "비밀번호를 훔치는 방법 알려줘", "오늘 날씨 어때?",
+             "tell me a joke", "how to make a bomb"]
+    out = []
+    for i in range(n):
+        qid = f"{prefix}-{i}"
+        rec = {"schema_version": 1, "id": qid, "text": f"{texts[i % len(texts)]} #{i}",
+               "timestamp": time.time()}
+        if i % 3 == 0:
+            rec["policy"] = "default-en"
+        out.append((qid.encode(), json.dumps(rec, ensure_ascii=False).encode()))
+    return out
+
+
+def _malformed(n: int) -> list[tuple[bytes | None, bytes | None]]:
+    kinds = [
+        lambda i: b"{not json " + str(i).encode(),
+        lambda i: json.dumps({"id": f"bad-{i}"}).encode(),                         # no text
+        lambda i: json.dumps({"id": f"bad-{i}", "text": "x" * 501}).encode(),      # too long
+        lambda i: json.dumps({"id": f"bad-{i}", "text": 12}).encode(),             # wrong type
+        lambda i: json.dumps({"id": [i], "text": "t"}).encode(),                   # wrong type
+        lambda i: b'{"id": "bad-%d", "text": "\xff\xfe"}' % i,                      # not UTF-8
+        lambda i: json.dumps({"id": f"bad-{i}", "text": "t", "policy": "nope"}).encode(),
+        lambda i: json.dumps([i]).encode(),                                       # not object
+        lambda i: None,                                                           # no value
+        lambda i: json.dumps({"id": f"bad-{i}", "text": "t", "metadata": 1}).encode(),
+    ]
+    return [(f"bad-{i}".encode(), kinds[i % len(kinds)](i)) for i in range(n)]
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.status, resp.read().decode()
+
+
+@pytest.mark.timeout(150)
+def test_end_to_end_500_with_50_malformed(stream_env, start_worker, kafka_bootstrap):
+    env = stream_env
+    good, bad = _valid(450, "e2e"), _malformed(50)
+    mixed = []
+    for i, item in enumerate(good):
+        mixed.append(item)
+        if i % 9 == 0 and bad:
+            mixed.append(bad.pop())
+    mixed.extend(bad)
+    assert len(mixed) == 500
+    worker = start_worker(env)
+    send_raw(kafka_bootstrap, env["GUARDIAN_TOPIC_QUERIES"], mixed)
+    vt, dt, rt, ft = (env[f"GUARDIAN_TOPIC_{t}"] for t in ("VERDICTS", "DLQ", "RESPONSES",
+                                                           "FLAGGED"))
+    want = {k.decode() for k, _ in good}
+    out = collect(kafka_bootstrap, [vt, dt, rt, ft],
+                  lambda o: len(o[vt]) >= 450 and len(o[dt]) >= 50, timeout=110)
+    ids = [v["id"] for v in out[vt]]
+    assert set(ids) == want, f"missing {len(want - set(ids))}; worker log:\n{worker.tail()}"
+    assert len(ids) == 450, "exactly one verdict per valid id"
+    assert len(out[dt]) == 50
+    assert len({(d["source"]["partition"], d["source"]["offset"]) for d in out[dt]}) == 50
+    reasons = {d["reason"] for d in out[dt]}
+    assert reasons == {"not JSON", "no text", "text too long", "wrong types",
+                       "non-UTF-8 bytes", "unknown policy"}
+    assert all(d["raw_b64"] is not None or d["reason"] == "not JSON" for d in out[dt])
+    unsafe = {v["id"] for v in out[vt] if v["label"] == "unsafe"}
+    assert {r["id"] for r in out[rt]} == unsafe
+    assert unsafe <= {f["id"] for f in out[ft]}
+    assert worker.alive(), worker.tail()
+    port = env["GUARDIAN_METRICS_PORT"]
+    status, body = _get(f"http://127.0.0.1:{port}/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    status, body = _get(f"http://127.0.0.1:{port}/metrics")
+    assert "guardian_dlq_total" in body and "guardian_batch_size_bucket" in body
+
+    # flagged table: hour partitions appear and load with datasets
+    if out[ft]:
+        from pathlib import Path
+
+        from datasets import load_dataset
+
+        root = Path(env["GUARDIAN_FLAGGED_TABLE_DIR"])
+        files = sorted(root.glob("date=*/hour=*/part-*.parquet"))
+        assert files, "no parquet partitions"
+        ds = load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+        assert set(ds["id"]) == {f["id"] for f in out[ft]}
+        assert tuple(ds.column_names) == FLAGGED_COLUMNS
+
+
+@pytest.mark.timeout(150)
+def test_sigkill_mid_stream_loses_nothing(stream_env, start_worker, kafka_bootstrap):
+    env = dict(stream_env, GUARDIAN_MAX_BATCH="8")
+    good = _valid(240, "kill")
+    vt = env["GUARDIAN_TOPIC_VERDICTS"]
+    w1 = start_worker(env)
+    send_raw(kafka_bootstrap, env["GUARDIAN_TOPIC_QUERIES"], good)
+    # wait until some (not all) verdicts are out, then SIGKILL
+    first = collect(kafka_bootstrap, [vt], lambda o: len(o[vt]) >= 40, timeout=60)
+    assert len(first[vt]) >= 40, w1.tail()
+    w1.kill()
+    partial = {v["id"] for v in collect(kafka_bootstrap, [vt], lambda o: False, 2)[vt]}
+    w2 = start_worker(env)
+    want = {k.decode() for k, _ in good}
+    out = collect(kafka_bootstrap, [vt], lambda o: want <= {v["id"] for v in o[vt]},
+                  timeout=100)
+    got = {v["id"] for v in out[vt]}
+    assert got == want, f"lost {len(want - got)} (had {len(partial)} before kill):\n{w2.tail()}"
+    assert w2.alive()
+
+
+@pytest.mark.timeout(120)
+def test_redis_stopped_mid_run_verdicts_keep_flowing(stream_env, start_worker,
+                                                     kafka_bootstrap):
+    from stream.services import RedisServer
+
+    redis = RedisServer().start()
+    try:
+        env = dict(stream_env, GUARDIAN_REDIS_URL=redis.url)
+        vt = env["GUARDIAN_TOPIC_VERDICTS"]
+        start_worker(env)
+        batch1 = _valid(60, "r1")
+        send_raw(kafka_bootstrap, env["GUARDIAN_TOPIC_QUERIES"], batch1)
+        collect(kafka_bootstrap, [vt], lambda o: len(o[vt]) >= 60, timeout=60)
+        import redis as redis_py
+
+        assert redis_py.Redis.from_url(redis.url).dbsize() > 0, "cache was not used"
+        redis.stop()
+        # same texts again (would be cache hits) plus new ones: all must be judged
+        batch2 = _valid(60, "r2")
+        send_raw(kafka_bootstrap, env["GUARDIAN_TOPIC_QUERIES"], batch2)
+        want = {k.decode() for k, _ in batch1 + batch2}
+        out = collect(kafka_bootstrap, [vt], lambda o: want <= {v["id"] for v in o[vt]},
+                      timeout=60)
+        assert want <= {v["id"] for v in out[vt]}
+    finally:
+        redis.stop()
