@@ -21,7 +21,12 @@ from training.sources import EXCLUDED_FILES, RawExample, read_public
 
 COLUMNS = ("text", "language", "label", "category", "response", "source", "split")
 #: Look-alikes keep a larger held-out share: they are the over-refusal check.
-TEST_FRACTION_OVERRIDES = {"seed_lookalike": 0.3, "seed_harmful": 0.2, "k-dna": 0.25}
+TEST_FRACTION_OVERRIDES = {
+    "seed_lookalike": 0.3,
+    "seed_harmful": 0.2,
+    "synth_lookalike": 0.3,
+    "k-dna": 0.25,
+}
 #: Below this many training examples per (category, language) a category is "thin".
 THIN_THRESHOLD = 50
 STATS_JSON = "stats.json"
@@ -37,7 +42,7 @@ def curate(
     examples: list[RawExample], responses: ResponseBank, test_fraction: float
 ) -> tuple[list[dict], dict]:
     """Dedupe, split and attach responses. Returns rows and dedupe/conflict counts."""
-    priority = {"seed_harmful": 0, "seed_lookalike": 0}
+    priority = {"seed_harmful": 0, "seed_lookalike": 0, "synth_harmful": 0, "synth_lookalike": 0}
     ordered = sorted(range(len(examples)), key=lambda i: priority.get(examples[i].source, 1))
     ex = [examples[i] for i in ordered]
     keep_of = find_duplicates([e.text for e in ex])
@@ -148,14 +153,23 @@ def build(
     out_dir: str | Path,
     *,
     seed_dir: str | Path | None = None,
+    synth_dir: str | Path | None = None,
     test_fraction: float = 0.1,
     extra_examples: list[RawExample] | None = None,
 ) -> dict:
     """Build and save the dataset; returns the stats."""
     seed_dir = Path(seed_dir) if seed_dir else default_seed_dir()
     public, missing = read_public(data_dir)
-    examples = read_seed_examples(seed_dir) + list(extra_examples or []) + public
-    rows, extra = curate(examples, ResponseBank.load(seed_dir), test_fraction)
+    examples = read_seed_examples(seed_dir) + list(extra_examples or [])
+    bank = ResponseBank.load(seed_dir)
+    if synth_dir:
+        for e in read_seed_examples(synth_dir):
+            e.source = e.source.replace("seed_", "synth_")
+            examples.append(e)
+        for key, more in ResponseBank.load(synth_dir).bank.items():
+            bank.bank.setdefault(key, []).extend(more)
+    examples += public
+    rows, extra = curate(examples, bank, test_fraction)
     extra["missing_files"] = missing
     extra["excluded_files"] = EXCLUDED_FILES
     extra["ambiguous_mapped_examples"] = sum(1 for e in public if e.ambiguous)

@@ -131,6 +131,8 @@ MAPPING: tuple[LabelMap, ...] = (
     # --- our own seeds (data/seeds/) -------------------------------------------------
     LabelMap("seed_harmful", "*", "<category>", "written per category in the teacher's role"),
     LabelMap("seed_lookalike", "*", "safe", "benign look-alikes written in the teacher's role"),
+    LabelMap("synth_harmful", "*", "<category>", "teacher-generated per category (data synth)"),
+    LabelMap("synth_lookalike", "*", "safe", "teacher-generated benign look-alikes (data synth)"),
 )
 
 # openai_moderation flags in priority order: the first set flag picks the category.

@@ -1,0 +1,239 @@
+"""The training subcommands of `guardian`: data build / data synth, train, eval, retrain."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from model.settings import GuardianSettings
+
+
+def _settings(args) -> GuardianSettings:
+    over = {}
+    for key in ("data_dir", "dataset_dir", "adapter", "registry_dir", "flagged_table_dir"):
+        val = getattr(args, key, None)
+        if val:
+            over[key] = val
+    return GuardianSettings(**over)
+
+
+def _train_rows(dataset_dir: str) -> list[dict]:
+    from datasets import load_from_disk
+
+    ds = load_from_disk(dataset_dir)
+    return [dict(r) for r in ds["train"]]
+
+
+def cmd_build(args) -> int:
+    from training.build import STATS_MD, build
+
+    s = _settings(args)
+    stats = build(
+        s.data_dir,
+        s.dataset_dir,
+        seed_dir=args.seed_dir,
+        synth_dir=args.synth_dir,
+        test_fraction=s.test_fraction,
+    )
+    c = stats["counts"]
+    print(f"wrote {stats['total']} examples to {s.dataset_dir} ({STATS_MD}, stats.json)")
+    print("split:", json.dumps(c["split"]))
+    print("train labels:", json.dumps(c.get("train/label", {})))
+    thin = ", ".join(
+        f"{t['category']}/{t['language']}={t['train_examples']}" for t in stats["thin"]
+    )
+    print(f"thin (< {stats['thin_threshold']} train examples):", thin or "none")
+    if stats["missing_files"]:
+        print("missing:", ", ".join(stats["missing_files"]), file=sys.stderr)
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from training.seeds import default_seed_dir, read_seed_examples
+    from training.synth import TeacherClient, synthesize
+
+    s = _settings(args)
+    out = Path(args.out)
+    client = TeacherClient(
+        s.teacher_url,
+        s.teacher_model,
+        s.teacher_api_key,
+        rate_limit=s.teacher_rate_limit,
+        max_retries=s.teacher_max_retries,
+        cache_file=out / "cache.jsonl",
+    )
+    heldout: list[str] = []
+    if Path(s.dataset_dir, "dataset_dict.json").is_file():
+        from datasets import load_from_disk
+
+        heldout = list(load_from_disk(s.dataset_dir)["test"]["text"])
+    existing = [e.text for e in read_seed_examples(default_seed_dir())]
+    stats = synthesize(
+        client,
+        out,
+        languages=tuple(args.languages.split(",")),
+        categories=tuple(args.categories.split(",")) if args.categories else None,
+        n=args.n,
+        rounds=args.rounds,
+        existing=existing,
+        heldout=heldout,
+    )
+    print(json.dumps(stats["kept"], indent=1))
+    print(
+        f"{stats['requests']} teacher requests; files in {out}; "
+        f"use `guardian data build --synth-dir {out}`"
+    )
+    return 0
+
+
+def _eval_fn(settings: GuardianSettings, dataset_dir: str, limit: int | None):
+    """Eval callable for the model card: returns the Markdown table."""
+
+    def run(adapter_dir: Path) -> str:
+        from model.backends import create_backend
+        from training.evaluate import evaluate, load_eval_sets, markdown_report
+
+        s = settings.model_copy(update={"adapter": str(adapter_dir)})
+        res = evaluate(
+            create_backend(s), load_eval_sets(dataset_dir), batch_size=s.batch_size, limit=limit
+        )
+        return markdown_report(res).split("\n## ")[0]
+
+    return run
+
+
+def cmd_train(args) -> int:
+    from training.registry import Registry
+    from training.seeds import ResponseBank, default_seed_dir
+    from training.train import TrainConfig, train
+
+    s = _settings(args)
+    reg = Registry(s.registry_dir)
+    version = args.version or (reg.next_version() if args.register else "")
+    out = args.out or (str(reg.path(version)) if args.register else "./runs/guardian-adapter")
+    steps = args.steps or s.train_steps
+    cfg = TrainConfig.from_settings(
+        s,
+        out,
+        stage1_steps=args.stage1_steps if args.stage1_steps is not None else steps // 2,
+        stage2_steps=args.stage2_steps if args.stage2_steps is not None else steps - steps // 2,
+        full=args.full,
+        version=version,
+        safe_unsafe_ratio=args.safe_unsafe_ratio,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        init_from=args.init_from or "",
+    )
+    rows = _train_rows(s.dataset_dir)
+    eval_fn = _eval_fn(s, s.dataset_dir, args.eval_limit) if args.eval_limit else None
+    info = train(s, cfg, rows, responses=ResponseBank.load(default_seed_dir()), eval_fn=eval_fn)
+    k = min(10, len(info["losses"]))
+    print(
+        f"saved {cfg.out_dir} (version {cfg.version}); loss "
+        f"{sum(info['losses'][:k]) / k:.3f} -> {sum(info['losses'][-k:]) / k:.3f} "
+        f"in {info['train_seconds']:.0f}s on {info['device']}"
+    )
+    if args.register:
+        reg.promote(cfg.version)
+        print(f"registered and promoted {cfg.version} in {s.registry_dir}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from model.backends import create_backend
+    from training.evaluate import evaluate, load_eval_sets, markdown_report
+
+    s = _settings(args)
+    if args.batch_size:
+        s.batch_size = args.batch_size
+    sets = load_eval_sets(args.data, split=args.split)
+    res = evaluate(
+        create_backend(s), sets, batch_size=s.batch_size, out_dir=args.out, limit=args.limit
+    )
+    print(markdown_report(res).split("\n## ")[0])
+    print(f"wrote {args.out}/eval.json, EVAL.md, pr_curve.png")
+    return 0
+
+
+def cmd_retrain(args) -> int:
+    from training.evaluate import load_eval_sets
+    from training.retrain import retrain
+    from training.seeds import ResponseBank, default_seed_dir
+    from training.synth import TeacherClient
+
+    s = _settings(args)
+    if args.review_file:
+        s.review_file = args.review_file
+    relabel = None
+    if s.teacher_url:
+        relabel = TeacherClient(
+            s.teacher_url, s.teacher_model, s.teacher_api_key, rate_limit=s.teacher_rate_limit
+        ).relabel
+    report = retrain(
+        s,
+        base_rows=_train_rows(s.dataset_dir),
+        eval_sets=load_eval_sets(s.dataset_dir),
+        relabel=relabel,
+        steps=args.steps,
+        responses=ResponseBank.load(default_seed_dir()),
+        progress=True,
+        eval_limit=args.eval_limit,
+    )
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return 0
+
+
+def register(subparsers) -> None:
+    data = subparsers.add_parser("data", help="build the training dataset, synthesize data")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    b = dsub.add_parser("build", help="public files + seeds -> deduplicated DatasetDict + stats")
+    b.add_argument("--data-dir", help="public data folder (setting data_dir)")
+    b.add_argument("--dataset-dir", help="output folder (setting dataset_dir)")
+    b.add_argument("--seed-dir", help="seed folder (default: data/seeds in the repo)")
+    b.add_argument("--synth-dir", help="output of `data synth` to include")
+    b.set_defaults(func=cmd_build)
+    sy = dsub.add_parser("synth", help="generate questions and responses with the teacher LLM")
+    sy.add_argument("--out", default="./data/synth", help="output folder (also the resume cache)")
+    sy.add_argument("--n", type=int, default=10, help="items asked per prompt")
+    sy.add_argument("--rounds", type=int, default=1, help="prompts per category and language")
+    sy.add_argument("--languages", default="ko,en")
+    sy.add_argument("--categories", default="", help="comma-separated ids (default: all)")
+    sy.add_argument("--dataset-dir", help="dataset whose test split must not be overlapped")
+    sy.set_defaults(func=cmd_synth)
+
+    t = subparsers.add_parser("train", help="two-stage fine-tune (LoRA or --full)")
+    t.add_argument("--dataset-dir", help="dataset from `data build` (setting dataset_dir)")
+    t.add_argument("--out", help="output folder (default ./runs/guardian-adapter)")
+    t.add_argument("--steps", type=int, help="total steps (setting train_steps), split in two")
+    t.add_argument("--stage1-steps", type=int)
+    t.add_argument("--stage2-steps", type=int)
+    t.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA")
+    t.add_argument("--version", default="")
+    t.add_argument("--safe-unsafe-ratio", type=float, help="setting safe_unsafe_ratio")
+    t.add_argument("--batch-size", type=int, help="setting train_batch_size")
+    t.add_argument("--lr", type=float, help="setting learning_rate")
+    t.add_argument("--init-from", help="adapter/model folder to continue from")
+    t.add_argument("--eval-limit", type=int, help="eval N test examples per source for the card")
+    t.add_argument("--register", action="store_true", help="save as next registry version, promote")
+    t.set_defaults(func=cmd_train)
+
+    e = subparsers.add_parser("eval", help="paper table + FPR, best-threshold F1, PR curve")
+    e.add_argument("--data", required=True, help="DatasetDict folder or CSV/JSONL file")
+    e.add_argument("--split", default="test")
+    e.add_argument("--adapter", help="adapter/model folder (setting adapter)")
+    e.add_argument("--out", default="./runs/eval")
+    e.add_argument("--limit", type=int, help="first N examples per dataset")
+    e.add_argument("--batch-size", type=int)
+    e.set_defaults(func=cmd_eval)
+
+    r = subparsers.add_parser(
+        "retrain", help="learn from flagged traffic; promote if no regression"
+    )
+    r.add_argument("--dataset-dir")
+    r.add_argument("--registry-dir")
+    r.add_argument("--flagged-table-dir")
+    r.add_argument("--review-file")
+    r.add_argument("--steps", type=int)
+    r.add_argument("--eval-limit", type=int, help="first N held-out examples per source")
+    r.set_defaults(func=cmd_retrain)
