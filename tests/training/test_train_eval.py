@@ -157,3 +157,21 @@ def test_eval_real_adapter_on_dataset_dir(trained, tiny_settings, tmp_path):
     res = evaluate(backend, load_eval_sets(tmp_path / "ds"), batch_size=4)
     assert res["datasets"]["fx"]["weighted"]["f1"] == 1.0
     assert res["datasets"]["fx"]["category_recall"]["crime_advice"]["recall"] == 1.0
+
+
+def test_full_finetune_saves_a_loadable_model_folder(tiny_settings, tmp_path):
+    out = tmp_path / "full"
+    cfg = TrainConfig(
+        out_dir=str(out),
+        stage1_steps=2,
+        stage2_steps=2,
+        batch_size=2,
+        full=True,
+        version="f1",
+        learning_rate=1e-3,
+    )
+    train(tiny_settings, cfg, ROWS, progress=False)
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    assert not (out / "adapter_config.json").exists()
+    g = load_guardian(tiny_settings.model_copy(update={"adapter": str(out)}))
+    assert g.model_version == "f1" and g.tokens.unsafe == load_guardian(tiny_settings).tokens.unsafe
