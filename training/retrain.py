@@ -143,7 +143,7 @@ def retrain(
         "flagged_rows": len(flagged),
         "labels": counts,
     }
-    if not new_rows and old_version is not None:
+    if not new_rows:
         report.update(promoted=False, reason="no labelled flagged examples: nothing to learn")
         return report
     rows = mix(new_rows, base_rows, settings.retrain_base_ratio)

@@ -111,3 +111,19 @@ def test_retrain_promotes_better_and_refuses_worse(tiny_settings, tmp_path):
     assert not r3["promoted"] and reg.current() == "v2"
     assert "regression" in r3["reason"] and "0.7000 -> 0.5000" in r3["reason"]
     assert reg.list_versions() == ["v1", "v2"]
+
+
+def test_retrain_without_labels_keeps_current(tiny_settings, tmp_path):
+    write_flagged(tmp_path / "flagged")
+    settings = tiny_settings.model_copy(
+        update={
+            "registry_dir": str(tmp_path / "reg"),
+            "flagged_table_dir": str(tmp_path / "flagged"),
+            "review_file": "",
+            "teacher_url": "",
+        }
+    )
+    r = retrain(settings, base_rows=ROWS, eval_sets={}, steps=2)
+    assert not r["promoted"] and "no labelled flagged examples" in r["reason"]
+    assert r["labels"]["skipped_unlabelled"] == 3
+    assert Registry(settings.registry_dir).list_versions() == []
