@@ -119,6 +119,7 @@ class Pipeline:
     # -- one batch --------------------------------------------------------------------
     async def process(self, events: list) -> None:
         s = self.settings
+        t_batch = time.perf_counter()
         metrics.BATCH_SIZE.observe(len(events))
         valid: list[tuple[Any, QueryMessage, Policy]] = []
         rejected: list[tuple[Any, Rejection]] = []
@@ -211,9 +212,13 @@ class Pipeline:
             sends.append(await self.t_dlq.send(key=key, value=_dumps(rec), force=True))
             metrics.DLQ.labels(rej.reason).inc()
         # at-least-once: wait for the broker to acknowledge every output before acking input
+        t_send = time.perf_counter()
         await asyncio.gather(*sends)
+        t_sink = time.perf_counter()
         if flagged_rows:
             await loop.run_in_executor(self.io_executor, self.sink.write, flagged_rows)
+        log.debug("batch %d: model+cache %.3fs, send-ack %.3fs, sink %.3fs", len(events),
+                  t_send - t_batch, t_sink - t_send, time.perf_counter() - t_sink)
 
         done = time.time()
         for ev in events:
@@ -237,6 +242,38 @@ class Pipeline:
                 continue
             if hw is not None:
                 metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, hw - offset - 1))
+
+
+async def ensure_topics(settings: GuardianSettings) -> list[str]:
+    """Create the guardian topics that do not exist yet; returns the ones created.
+
+    Why: a consumer subscribed to a topic that does not exist yet only notices it at the next
+    metadata refresh (minutes), so a worker started before the first producer would sit idle.
+    Best effort: a broker that refuses (ACLs, already exists) is logged, never fatal.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    names = [settings.topic_queries, settings.topic_verdicts, settings.topic_responses,
+             settings.topic_flagged, settings.topic_dlq]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
+                                request_timeout_ms=10000)
+    created: list[str] = []
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            await admin.create_topics([NewTopic(n, settings.topic_partitions,
+                                                settings.topic_replication) for n in missing])
+            created = missing
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not ensure topics %s: %s", names, exc)
+    finally:
+        try:
+            await admin.close()
+        except Exception:  # noqa: BLE001
+            pass
+    return created
 
 
 def create_app(settings: GuardianSettings | None = None, backend=None) -> faust.App:

@@ -41,9 +41,13 @@ def register(subparsers) -> None:
 def cmd_worker(args) -> int:
     import faust
 
-    from stream.app import create_app
+    from stream.app import create_app, ensure_topics
 
-    app = create_app(GuardianSettings())
+    settings = GuardianSettings()
+    created = asyncio.run(ensure_topics(settings))
+    if created:
+        logging.getLogger("guardian.stream").info("created topics %s", created)
+    app = create_app(settings)
     worker = faust.Worker(app, loglevel=getattr(args, "loglevel", "info"))
     worker.execute_from_commandline()  # handles SIGTERM/SIGINT: graceful stop
     return 0
