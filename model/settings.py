@@ -68,6 +68,10 @@ class GuardianSettings(BaseSettings):
     topic_responses: str = "guardian.responses"
     topic_flagged: str = "guardian.flagged"
     topic_dlq: str = "guardian.dlq"
+    #: Partitions / replication of the guardian topics when the worker has to create them
+    #: (existing topics are left as they are). Partitions cap the useful number of workers.
+    topic_partitions: int = 12
+    topic_replication: int = 1
     max_batch: int = 16
     max_wait_ms: int = 200
     max_text_chars: int = 4000
