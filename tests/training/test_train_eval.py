@@ -159,19 +159,25 @@ def test_eval_real_adapter_on_dataset_dir(trained, tiny_settings, tmp_path):
     assert res["datasets"]["fx"]["category_recall"]["crime_advice"]["recall"] == 1.0
 
 
-def test_full_finetune_saves_a_loadable_model_folder(tiny_settings, tmp_path):
+def test_full_finetune_learns_responses_and_loads(tiny_settings, tmp_path):
     out = tmp_path / "full"
     cfg = TrainConfig(
         out_dir=str(out),
-        stage1_steps=2,
-        stage2_steps=2,
-        batch_size=2,
+        stage1_steps=10,
+        stage2_steps=150,
+        batch_size=4,
         full=True,
         version="f1",
-        learning_rate=1e-3,
+        learning_rate=3e-3,
+        harm_fraction=0.0,
     )
     train(tiny_settings, cfg, ROWS, progress=False)
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
     assert not (out / "adapter_config.json").exists()
-    g = load_guardian(tiny_settings.model_copy(update={"adapter": str(out)}))
+    settings = tiny_settings.model_copy(update={"adapter": str(out), "max_new_tokens": 24})
+    g = load_guardian(settings)
     assert g.model_version == "f1" and g.tokens.unsafe == load_guardian(tiny_settings).tokens.unsafe
+    verdicts = create_backend(settings).judge(
+        [Query(str(i), r["text"]) for i, r in enumerate(ROWS)], POLICY
+    )
+    assert [v.response for v in verdicts] == [r["response"] for r in ROWS]
