@@ -101,7 +101,11 @@ def test_end_to_end_500_with_50_malformed(stream_env, start_worker, kafka_bootst
 
 
 @pytest.mark.timeout(150)
-def test_sigkill_mid_stream_loses_nothing(stream_env, start_worker, kafka_bootstrap):
+@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+def test_worker_stopped_mid_stream_loses_nothing(how, stream_env, start_worker,
+                                                 kafka_bootstrap):
+    """SIGKILL: nothing acked past the last finished batch. SIGTERM: graceful stop hands
+    the in-flight batch back and exits."""
     env = dict(stream_env, GUARDIAN_MAX_BATCH="8")
     good = _valid(240, "kill")
     vt = env["GUARDIAN_TOPIC_VERDICTS"]
@@ -110,7 +114,12 @@ def test_sigkill_mid_stream_loses_nothing(stream_env, start_worker, kafka_bootst
     # wait until some (not all) verdicts are out, then SIGKILL
     first = collect(kafka_bootstrap, [vt], lambda o: len(o[vt]) >= 40, timeout=60)
     assert len(first[vt]) >= 40, w1.tail()
-    w1.kill()
+    if how == "sigkill":
+        w1.kill()
+    else:
+        t0 = time.monotonic()
+        w1.stop()
+        assert w1.proc.returncode is not None and time.monotonic() - t0 < 30
     partial = {v["id"] for v in collect(kafka_bootstrap, [vt], lambda o: False, 2)[vt]}
     w2 = start_worker(env)
     want = {k.decode() for k, _ in good}
