@@ -181,3 +181,37 @@ def test_full_finetune_learns_responses_and_loads(tiny_settings, tmp_path):
         [Query(str(i), r["text"]) for i, r in enumerate(ROWS)], POLICY
     )
     assert [v.response for v in verdicts] == [r["response"] for r in ROWS]
+
+
+def test_harm_token_examples_teach_the_forced_path(tiny_settings, tmp_path):
+    from training.seeds import ResponseBank
+
+    bank = ResponseBank(
+        [
+            {"category": "sensitive_topic", "language": lang, "response": "R"}
+            for lang in ("en", "ko")
+        ]
+    )
+    out = tmp_path / "harm"
+    cfg = TrainConfig(
+        out_dir=str(out),
+        stage1_steps=0,
+        stage2_steps=250,
+        batch_size=8,
+        full=True,
+        learning_rate=3e-3,
+        harm_fraction=0.3,
+    )
+    train(tiny_settings, cfg, ROWS, progress=False, responses=bank)
+    backend = create_backend(tiny_settings.model_copy(update={"adapter": str(out)}))
+    forced = policy_from_dict(
+        {
+            "id": "t",
+            "version": "1",
+            "blocked": "all",
+            "force_harm": [{"name": "py", "keyword": "python"}],
+        }
+    )
+    plain, harm = (backend.judge([Query("0", ROWS[0]["text"])], p)[0] for p in (POLICY, forced))
+    assert plain.label == "safe"
+    assert harm.label == "unsafe" and harm.category == "sensitive_topic" and harm.response == "R"
