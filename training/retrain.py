@@ -31,7 +31,10 @@ COMPARED = ("weighted_f1", "unsafe_f1")
 
 def read_flagged(table_dir: str | Path) -> list[dict]:
     root = Path(table_dir)
-    files = sorted(str(p) for p in root.glob("date=*/hour=*/*.parquet"))
+    # the stream's sink writes dot-prefixed temp files and os.replace()s them: skip those
+    files = sorted(
+        str(p) for p in root.glob("date=*/hour=*/*.parquet") if not p.name.startswith(".")
+    )
     if not files:
         return []
     from datasets import load_dataset

@@ -127,3 +127,28 @@ def test_retrain_without_labels_keeps_current(tiny_settings, tmp_path):
     assert not r["promoted"] and "no labelled flagged examples" in r["reason"]
     assert r["labels"]["skipped_unlabelled"] == 3
     assert Registry(settings.registry_dir).list_versions() == []
+
+
+def test_reads_the_table_the_stream_sink_writes(tmp_path):
+    sink = __import__("pytest").importorskip("stream.sink")
+    base = {c: None for c in sink.FLAGGED_COLUMNS}
+    rows = [
+        {
+            **base,
+            "id": f"s{i}",
+            "text": f"query {i}",
+            "label": "unsafe",
+            "unsafe_score": 0.9,
+            "created_at": 1.0,
+            "near_threshold": False,
+            "source_topic": "guardian.queries",
+            "source_partition": 0,
+            "source_offset": i,
+            "schema_version": 1,
+        }
+        for i in range(3)
+    ]
+    sink.write_atomic(sink.partition_dir(tmp_path, 1764054000.0) / "part-x.parquet", rows)
+    (sink.partition_dir(tmp_path, 1764054000.0) / ".part-y.parquet").write_bytes(b"partial")
+    got = read_flagged(tmp_path)
+    assert [g["id"] for g in got] == ["s0", "s1", "s2"] and got[0]["text"] == "query 0"
