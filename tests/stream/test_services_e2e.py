@@ -65,8 +65,14 @@ def test_end_to_end_500_with_50_malformed(stream_env, start_worker, kafka_bootst
     vt, dt, rt, ft = (env[f"GUARDIAN_TOPIC_{t}"] for t in ("VERDICTS", "DLQ", "RESPONSES",
                                                            "FLAGGED"))
     want = {k.decode() for k, _ in good}
-    out = collect(kafka_bootstrap, [vt, dt, rt, ft],
-                  lambda o: len(o[vt]) >= 450 and len(o[dt]) >= 50, timeout=110)
+
+    def done(o) -> bool:  # all topics caught up, not just verdicts
+        unsafe_ids = {v["id"] for v in o[vt] if v["label"] == "unsafe"}
+        return (len(o[vt]) >= 450 and len(o[dt]) >= 50
+                and unsafe_ids <= {r["id"] for r in o[rt]}
+                and unsafe_ids <= {f["id"] for f in o[ft]})
+
+    out = collect(kafka_bootstrap, [vt, dt, rt, ft], done, timeout=110)
     ids = [v["id"] for v in out[vt]]
     assert set(ids) == want, f"missing {len(want - set(ids))}; worker log:\n{worker.tail()}"
     assert len(ids) == 450, "exactly one verdict per valid id"
