@@ -96,13 +96,28 @@ def test_end_to_end_500_with_50_malformed(stream_env, start_worker, kafka_bootst
     if out[ft]:
         from pathlib import Path
 
+        import pyarrow.parquet as pq
         from datasets import load_dataset
 
         root = Path(env["GUARDIAN_FLAGGED_TABLE_DIR"])
-        files = sorted(root.glob("date=*/hour=*/part-*.parquet"))
+        want_flagged = {f["id"] for f in out[ft]}
+
+        def table_files() -> list[Path]:
+            return sorted(root.glob("date=*/hour=*/part-*.parquet"))
+
+        # The worker appends a batch's rows to the table only after Kafka acknowledged the
+        # batch's sends, so the last batch can be on the topic a moment before it is on disk.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            on_disk = {i for f in table_files() for i in pq.read_table(f, columns=["id"])["id"]
+                       .to_pylist()}
+            if on_disk >= want_flagged:
+                break
+            time.sleep(0.2)
+        files = table_files()
         assert files, "no parquet partitions"
         ds = load_dataset("parquet", data_files=[str(f) for f in files], split="train")
-        assert set(ds["id"]) == {f["id"] for f in out[ft]}
+        assert set(ds["id"]) == want_flagged
         assert tuple(ds.column_names) == FLAGGED_COLUMNS
 
 
