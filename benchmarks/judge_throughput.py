@@ -31,8 +31,12 @@ from model.settings import GuardianSettings
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "queries.jsonl"
 
 
-def make_file(path: Path, n: int) -> None:
-    base = [json.loads(x)["text"] for x in SAMPLES.read_text(encoding="utf-8").splitlines()]
+def read_texts(path: Path) -> list[str]:
+    return [json.loads(x)["text"] for x in path.read_text(encoding="utf-8").splitlines() if x]
+
+
+def make_file(path: Path, n: int, source: Path) -> None:
+    base = read_texts(source)
     with path.open("w", encoding="utf-8") as fh:
         for i in range(n):
             fh.write(json.dumps({"id": f"b{i}", "text": base[i % len(base)]}, ensure_ascii=False))
@@ -57,6 +61,8 @@ def main() -> None:
     parser.add_argument("--policy", default="default-ko")
     parser.add_argument("--file-batch", type=int, default=64)
     parser.add_argument("--single", type=int, default=50, help="single-query latency samples")
+    parser.add_argument("--input", type=Path, default=SAMPLES,
+                        help="JSONL with a text field, cycled to --n queries (default: samples)")
     args = parser.parse_args()
 
     settings = GuardianSettings()
@@ -69,12 +75,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "queries.jsonl"
-        make_file(src, args.n)
+        make_file(src, args.n, args.input)
         qps_label, _ = run_file(backend, store, label_only, src, Path(tmp) / "a.jsonl",
                                 args.file_batch)
         qps_policy, unsafe = run_file(backend, store, policy, src, Path(tmp) / "b.jsonl",
                                       args.file_batch)
-    texts = [json.loads(x)["text"] for x in SAMPLES.read_text(encoding="utf-8").splitlines()]
+    texts = read_texts(args.input)
     lat = []
     for i in range(args.single):
         t = time.perf_counter()
@@ -85,7 +91,7 @@ def main() -> None:
     print(f"model: {backend.model_id} {backend.model_version}  backend: {backend.name}  "
           f"device: {settings.resolved_device()}  dtype: {settings.dtype}  "
           f"batch_size: {settings.batch_size}  load: {load_s:.1f}s")
-    print(f"queries: {args.n}")
+    print(f"queries: {args.n} from {args.input.name}")
     print(f"label only (one forward pass each): {qps_label:8.1f} queries/s")
     print(f"policy {policy.key} ({unsafe:.0%} unsafe, decoded): {qps_policy:8.1f} queries/s")
     print(f"ratio label-only / with-policy: {qps_label / qps_policy:.1f}x")

@@ -71,6 +71,14 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from model.loading import merge_adapter
+
+    path = merge_adapter(GuardianSettings(), args.out)
+    print(f"{path}  (serve it with GUARDIAN_BASE_MODEL={path} GUARDIAN_ADAPTER=none)")
+    return 0
+
+
 def _cmd_policies(args: argparse.Namespace) -> int:
     settings = GuardianSettings()
     if args.check:
@@ -109,6 +117,11 @@ def register(subparsers) -> None:
     prepare.add_argument("--gguf", help="use this GGUF file instead of the PyPI package's")
     prepare.add_argument("--force", action="store_true", help="convert again")
     prepare.set_defaults(func=_cmd_prepare)
+    merge = model_sub.add_parser(
+        "merge", help="fold the adapter into its base: one model folder (what vLLM serves)"
+    )
+    merge.add_argument("--out", required=True, help="output folder")
+    merge.set_defaults(func=_cmd_merge)
 
     policies = subparsers.add_parser("policies", help="list policies, or check policy files")
     policies.add_argument("--check", nargs="+", metavar="FILE", help="validate these files")

@@ -136,7 +136,7 @@ class Engine:
             i for i in candidates if plans[i].forced_by or categories[i] in policy.blocked
         ]
         generated: dict[int, list[int]] = {}
-        if blocked:
+        if blocked and self.max_new_tokens > 0:
             outs = self.runner.generate(
                 [
                     plans[i].prompt + [self.tokens.unsafe, self.tokens.category(categories[i])]
@@ -174,7 +174,10 @@ class Engine:
             if i in categories:
                 verdict.category = categories[i]
                 verdict.reason = "category_allowed"
-            if i in generated:
+            if self.max_new_tokens <= 0 and i in blocked:  # label-and-category-only mode
+                verdict.label = "unsafe"
+                verdict.reason = "forced_harm" if plan.forced_by else "score"
+            elif i in generated:
                 parsed = parse_continuation(
                     self.tokenizer,
                     self.tokens,

@@ -187,7 +187,7 @@ def load_guardian(settings: GuardianSettings) -> LoadedGuardian:
     device = settings.resolved_device()
     dtype = settings.resolved_dtype()
     base = base_dir_for(settings)
-    adapter = Path(settings.adapter) if settings.adapter else None
+    adapter = settings.resolved_adapter()
     if adapter is not None and not adapter.is_dir():
         raise ModelNotFoundError(f"GUARDIAN_ADAPTER={adapter} does not exist")
 
@@ -220,3 +220,44 @@ def load_guardian(settings: GuardianSettings) -> LoadedGuardian:
     model_id = meta.get("model_id") or (adapter.name if adapter is not None else base.name)
     version = settings.model_version or meta.get("version") or "unversioned"
     return LoadedGuardian(model, tokenizer, tokens, model_id, version, device)
+
+
+def adapter_has_token_deltas(adapter: Path) -> bool:
+    """True for peft adapters that carry trained rows of the guardian tokens
+    (`trainable_token_indices`): vLLM's LoRA loader has no place for those."""
+    path = adapter / "adapter_config.json"
+    if not path.is_file():
+        return False
+    return bool(json.loads(path.read_text()).get("trainable_token_indices"))
+
+
+def merge_adapter(settings: GuardianSettings, out_dir: str | Path) -> Path:
+    """Fold the configured adapter into its base and save one plain model folder.
+
+    The result is what vLLM serves (`GUARDIAN_BASE_MODEL=<folder>`, `GUARDIAN_ADAPTER=none`):
+    the LoRA weights and the trained guardian-token rows are in the weights, the tokenizer,
+    token map and model metadata are beside them. Written to a temporary name and renamed.
+    """
+    import torch
+
+    adapter = settings.resolved_adapter()
+    if adapter is None:
+        raise ModelNotFoundError("no adapter to merge: set GUARDIAN_ADAPTER")
+    loaded = load_guardian(settings.model_copy(update={"device": "cpu", "dtype": "float32"}))
+    model = loaded.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    out = Path(out_dir)
+    staged = out.with_name(out.name + ".partial")
+    shutil.rmtree(staged, ignore_errors=True)
+    model.to(torch.bfloat16).save_pretrained(str(staged))
+    loaded.tokenizer.save_pretrained(str(staged))
+    save_token_map(loaded.tokens, staged)
+    meta = {**read_model_meta(adapter), "merged_from": adapter.name}
+    meta.setdefault("model_id", loaded.model_id)
+    meta.setdefault("version", loaded.model_version)
+    (staged / MODEL_META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staged, out)
+    return out

@@ -16,6 +16,9 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: The trained guardian that ships with the package (a LoRA adapter on Gemma 3 270M).
+SHIPPED_ADAPTER = Path(__file__).resolve().parent / "adapters" / "guardian-v1"
+
 
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -36,7 +39,10 @@ class GuardianSettings(BaseSettings):
     #: A Hugging Face causal-LM folder to use as the base; empty means the prepared Gemma.
     base_model: str = ""
     #: A peft adapter folder (or a full fine-tuned model folder) loaded on top of the base.
-    adapter: str = ""
+    #: "default": the guardian adapter shipped in model/adapters/ when the base is the
+    #: prepared Gemma (it was trained on that base), no adapter on any other base;
+    #: "none" or empty: the bare base.
+    adapter: str = "default"
     #: Version string recorded in verdicts; empty reads it from the adapter's metadata.
     model_version: str = ""
     backend: Literal["transformers", "vllm"] = "transformers"
@@ -104,6 +110,15 @@ class GuardianSettings(BaseSettings):
     retrain_base_ratio: float = 4.0
     review_file: str = ""
     max_regression: float = 0.0
+
+    def resolved_adapter(self) -> Path | None:
+        if self.adapter in ("", "none"):
+            return None
+        if self.adapter == "default":
+            shipped = SHIPPED_ADAPTER
+            usable = not self.base_model and (shipped / "adapter_config.json").is_file()
+            return shipped if usable else None
+        return Path(self.adapter)
 
     def resolved_device(self) -> str:
         if self.device != "auto":

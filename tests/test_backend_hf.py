@@ -70,6 +70,23 @@ def test_unsafe_verdicts_are_complete(tiny_backend):
         assert Verdict.from_dict(json.loads(v.to_json())) == v
 
 
+def test_labels_only_mode_never_decodes(tiny_backend):
+    """GUARDIAN_MAX_NEW_TOKENS=0: label and category, no safety response, no generate call."""
+    engine = tiny_backend.engine
+    counter = _Counter(tiny_backend)
+    saved, engine.max_new_tokens = engine.max_new_tokens, 0
+    try:
+        verdicts = tiny_backend.judge(QUERIES, ALWAYS_UNSAFE)
+    finally:
+        engine.max_new_tokens = saved
+        counter.close()
+    assert counter.generates == 0
+    assert counter.forwards == 2  # label pass + category pass, one batch each
+    for v in verdicts:
+        assert v.label == "unsafe" and v.reason == "score" and v.category
+        assert v.response is None and v.error is None
+
+
 def test_label_score_matches_the_full_model_and_ignores_padding(tiny_backend):
     """The head-rows shortcut and left padding must give the full forward's probability."""
     loaded = tiny_backend.loaded

@@ -147,6 +147,8 @@ def cmd_eval(args) -> int:
     s = _settings(args)
     if args.batch_size:
         s.batch_size = args.batch_size
+    if args.labels_only:
+        s.max_new_tokens = 0
     sets = load_eval_sets(args.data, split=args.split)
     res = evaluate(
         create_backend(s), sets, batch_size=s.batch_size, out_dir=args.out, limit=args.limit
@@ -225,6 +227,11 @@ def register(subparsers) -> None:
     e.add_argument("--out", default="./runs/eval")
     e.add_argument("--limit", type=int, help="first N examples per dataset")
     e.add_argument("--batch-size", type=int)
+    e.add_argument(
+        "--labels-only",
+        action="store_true",
+        help="label and category only, no safety responses (fast; response checks skipped)",
+    )
     e.set_defaults(func=cmd_eval)
 
     r = subparsers.add_parser(

@@ -168,7 +168,9 @@ def markdown_report(result: dict) -> str:
             f"safe->safe {cm['safe']['safe']}, safe->unsafe {cm['safe']['unsafe']}, "
             f"unsafe->safe {cm['unsafe']['safe']}, unsafe->unsafe {cm['unsafe']['unsafe']}",
             "",
-            f"Responses: {r['responses']}",
+            f"Responses: {r['responses']}"
+            if result.get("responses_generated", True)
+            else "Responses: not generated (labels-only run)",
         ]
         if r["category_recall"]:
             lines += [
@@ -217,9 +219,11 @@ def evaluate(
     limit: int | None = None,
 ) -> dict:
     """Judge every set once ("all" reuses its parts' verdicts) and score it."""
+    engine = getattr(backend, "engine", None)
     result = {
         "model_id": getattr(backend, "model_id", ""),
         "model_version": getattr(backend, "model_version", ""),
+        "responses_generated": getattr(engine, "max_new_tokens", 1) > 0,
         "datasets": {},
     }
     cache: dict[int, tuple] = {}
@@ -232,10 +236,19 @@ def evaluate(
         for e, v, t in zip(examples, verdicts, lat):
             cache[id(e)] = (v, t)
         result["datasets"][name] = score_set(examples, verdicts, lat)
-    if "all" in sets and len(sets) > 2:
-        ex = [e for k, v in sets.items() if k != "all" for e in v]
-        result["datasets"]["all"] = score_set(
-            ex, [cache[id(e)][0] for e in ex], [cache[id(e)][1] for e in ex]
+    ex = [e for k, v in sets.items() if k != "all" for e in v]
+    pooled = {"all": ex} if "all" in sets and len(sets) > 2 else {}
+    if "all" in sets:
+        # per language, over every set: the paper reports Korean and English separately
+        langs = sorted({e.language or detect_language(e.text) for e in ex})
+        if len(langs) > 1:
+            for lang in langs:
+                pooled[f"all/{lang}"] = [
+                    e for e in ex if (e.language or detect_language(e.text)) == lang
+                ]
+    for name, part in pooled.items():
+        result["datasets"][name] = score_set(
+            part, [cache[id(e)][0] for e in part], [cache[id(e)][1] for e in part]
         )
     if out_dir is not None:
         out = Path(out_dir)

@@ -163,6 +163,39 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int):
     return ids, mask, labels
 
 
+def answer_loss(model, ids, mask, labels):
+    """Cross-entropy on the answer tokens, projecting only their positions onto the vocabulary.
+
+    Same loss as `model(labels=...)`, but the 262k-row output head runs on the few answer
+    positions instead of every position: on Gemma 3 270M that projection costs more than the
+    decoder body, so this roughly halves a label-only step.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    hidden = model.get_decoder()(
+        input_ids=ids, attention_mask=mask, use_cache=False
+    ).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return F.cross_entropy(logits, target[keep])
+
+
+def training_autocast(device: str, settings: GuardianSettings):
+    """bf16 autocast on CPU when asked for (`GUARDIAN_DTYPE=bfloat16`): fp32 master weights."""
+    import contextlib
+
+    import torch
+
+    if device == "cpu" and settings.dtype in ("bfloat16", "bf16"):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def load_for_training(settings: GuardianSettings, cfg: TrainConfig):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -171,7 +204,8 @@ def load_for_training(settings: GuardianSettings, cfg: TrainConfig):
     if device.startswith("cuda"):
         dtype = torch.bfloat16
     else:
-        dtype = torch.float32 if settings.dtype == "auto" else settings.resolved_dtype()
+        # fp32 weights on CPU; GUARDIAN_DTYPE=bfloat16 adds bf16 autocast (training_autocast)
+        dtype = torch.float32
     base = base_dir_for(settings)
     init = Path(cfg.init_from) if cfg.init_from else None
     full_init = init is not None and (init / "config.json").is_file()
@@ -229,6 +263,7 @@ def train(
     )
     mixer = Mixer(rows, cfg.safe_unsafe_ratio, cfg.harm_fraction, responses, cfg.seed)
     pad = tokenizer.pad_token_id
+    autocast = training_autocast(device, settings)
     losses: list[float] = []
     stages = [("sft", cfg.stage1_steps, False), ("multitask", cfg.stage2_steps, True)]
     t0 = time.time()
@@ -240,13 +275,14 @@ def train(
                 for _ in range(cfg.batch_size)
             ]
             ids, mask, labels = (t.to(device) for t in collate(batch, pad))
-            out = model(input_ids=ids, attention_mask=mask, labels=labels)
-            out.loss.backward()
+            with autocast:
+                loss = answer_loss(model, ids, mask, labels)
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(float(out.loss.detach()))
+            losses.append(float(loss.detach()))
             bar.set_postfix(stage=stage, loss=f"{losses[-1]:.3f}")
             bar.update(1)
     bar.close()

@@ -105,10 +105,17 @@ class VLLMBackend:
             ) from exc
         from transformers import AutoTokenizer
 
-        from model.loading import assign_special_tokens, read_model_meta
+        from model.loading import adapter_has_token_deltas, assign_special_tokens, read_model_meta
 
         base = base_dir_for(settings)
-        adapter = settings.adapter or None
+        resolved = settings.resolved_adapter()
+        if resolved is not None and adapter_has_token_deltas(resolved):
+            raise RuntimeError(
+                f"{resolved} trains the guardian token rows, which vLLM's LoRA loader cannot "
+                "apply: run `guardian model merge --out DIR` once and serve DIR with "
+                "GUARDIAN_BASE_MODEL=DIR GUARDIAN_ADAPTER=none"
+            )
+        adapter = str(resolved) if resolved is not None else None
         tokenizer = AutoTokenizer.from_pretrained(str(base))
         tokens = (
             (load_token_map(adapter) if adapter else None)

@@ -157,6 +157,8 @@ def test_eval_real_adapter_on_dataset_dir(trained, tiny_settings, tmp_path):
     res = evaluate(backend, load_eval_sets(tmp_path / "ds"), batch_size=4)
     assert res["datasets"]["fx"]["weighted"]["f1"] == 1.0
     assert res["datasets"]["fx"]["category_recall"]["crime_advice"]["recall"] == 1.0
+    by_lang = {lang: sum(r["language"] == lang for r in ROWS) for lang in ("en", "ko")}
+    assert {k: res["datasets"][f"all/{k}"]["n"] for k in by_lang} == by_lang
 
 
 def test_full_finetune_learns_responses_and_loads(tiny_settings, tmp_path):
