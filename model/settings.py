@@ -101,6 +101,8 @@ class GuardianSettings(BaseSettings):
     safe_unsafe_ratio: float = 1.0
     #: Share of safe training queries also taught with `<|harm|>` (-> unsafe + response).
     harm_token_fraction: float = 0.05
+    #: Share of training draws whose language is chosen uniformly (0: as in the data).
+    train_language_balance: float = 0.0
     train_steps: int = 200
     train_batch_size: int = 8
     learning_rate: float = 2e-4

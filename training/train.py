@@ -51,6 +51,7 @@ class TrainConfig:
     full: bool = False
     safe_unsafe_ratio: float = 1.0
     harm_fraction: float = 0.05
+    language_balance: float = 0.0
     max_tokens: int = 192
     seed: int = 0
     version: str = ""
@@ -71,6 +72,7 @@ class TrainConfig:
             lora_r=settings.lora_r,
             safe_unsafe_ratio=settings.safe_unsafe_ratio,
             harm_fraction=settings.harm_token_fraction,
+            language_balance=settings.train_language_balance,
             max_tokens=settings.train_max_tokens,
         )
         base.update({k: v for k, v in kw.items() if v is not None})
@@ -94,11 +96,26 @@ def git_commit() -> str:
 class Mixer:
     """Samples training examples at the configured safe:unsafe ratio."""
 
-    def __init__(self, rows: list[dict], ratio: float, harm_fraction: float, responses, seed: int):
+    def __init__(
+        self,
+        rows: list[dict],
+        ratio: float,
+        harm_fraction: float,
+        responses,
+        seed: int,
+        language_balance: float = 0.0,
+    ):
         self.safe = [r for r in rows if r["label"] == "safe"]
         self.unsafe = [r for r in rows if r["label"] == "unsafe"]
         if not self.safe and not self.unsafe:
             raise ValueError("no training examples")
+        # language_balance: share of draws whose language is picked uniformly, so a language
+        # with 5% of the rows (English here) is not drowned out by the other.
+        self.language_balance = language_balance
+        self.by_language: dict[tuple[str, str], list[dict]] = {}
+        for r in rows:
+            self.by_language.setdefault((r["label"], r.get("language") or "en"), []).append(r)
+        self.languages = sorted({lang for _, lang in self.by_language})
         self.p_unsafe = (
             1.0 / (1.0 + ratio) if self.safe and self.unsafe else float(bool(self.unsafe))
         )
@@ -106,12 +123,19 @@ class Mixer:
         self.responses = responses
         self.rng = random.Random(seed)
 
+    def _pick(self, label: str) -> dict:
+        pool = self.unsafe if label == "unsafe" else self.safe
+        if self.language_balance and self.rng.random() < self.language_balance:
+            lang = self.rng.choice(self.languages)
+            pool = self.by_language.get((label, lang)) or pool
+        return dict(self.rng.choice(pool))
+
     def sample(self, with_response: bool) -> dict:
         if self.rng.random() < self.p_unsafe:
-            r = dict(self.rng.choice(self.unsafe))
+            r = self._pick("unsafe")
             r["force_harm"] = False
         else:
-            r = dict(self.rng.choice(self.safe))
+            r = self._pick("safe")
             r["force_harm"] = False
             if with_response and self.harm_fraction and self.rng.random() < self.harm_fraction:
                 r.update(
@@ -261,7 +285,10 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1 - s / max(total, 1))
     )
-    mixer = Mixer(rows, cfg.safe_unsafe_ratio, cfg.harm_fraction, responses, cfg.seed)
+    mixer = Mixer(
+        rows, cfg.safe_unsafe_ratio, cfg.harm_fraction, responses, cfg.seed,
+        language_balance=cfg.language_balance,
+    )
     pad = tokenizer.pad_token_id
     autocast = training_autocast(device, settings)
     losses: list[float] = []

@@ -217,3 +217,23 @@ def test_harm_token_examples_teach_the_forced_path(tiny_settings, tmp_path):
     plain, harm = (backend.judge([Query("0", ROWS[0]["text"])], p)[0] for p in (POLICY, forced))
     assert plain.label == "safe"
     assert harm.label == "unsafe" and harm.category == "sensitive_topic" and harm.response == "R"
+
+
+def test_mixer_keeps_the_safe_unsafe_ratio_and_balances_languages():
+    from training.train import Mixer
+
+    rows = [{"text": f"ko{i}", "language": "ko", "label": ("safe", "unsafe")[i % 2],
+             "category": None, "response": None} for i in range(190)]
+    rows += [{"text": f"en{i}", "language": "en", "label": ("safe", "unsafe")[i % 2],
+              "category": None, "response": None} for i in range(10)]
+
+    def draws(balance: float) -> list[dict]:
+        m = Mixer(rows, 1.0, 0.0, None, seed=3, language_balance=balance)
+        return [m.sample(False) for _ in range(4000)]
+
+    plain, balanced = draws(0.0), draws(0.5)
+    share_en = [sum(r["language"] == "en" for r in d) / len(d) for d in (plain, balanced)]
+    assert share_en[0] == pytest.approx(0.05, abs=0.02)
+    assert share_en[1] == pytest.approx(0.5 * 0.5 + 0.5 * 0.05, abs=0.03)
+    for d in (plain, balanced):
+        assert sum(r["label"] == "unsafe" for r in d) / len(d) == pytest.approx(0.5, abs=0.03)
