@@ -85,7 +85,9 @@ def load_eval_sets(path: str | Path, split: str = "test") -> dict[str, list[Eval
     return {p.stem: _rows_to_examples(rows, str(p))}
 
 
-def judge_all(backend, examples: Sequence[EvalExample], batch_size: int) -> tuple[list, list]:
+def judge_all(
+    backend, examples: Sequence[EvalExample], batch_size: int, bar=None
+) -> tuple[list, list]:
     """Verdicts and per-query latency (ms, batch wall time / batch size)."""
     policy = policy_from_dict(EVAL_POLICY)
     verdicts, latency = [], []
@@ -96,6 +98,8 @@ def judge_all(backend, examples: Sequence[EvalExample], batch_size: int) -> tupl
         dt = (time.perf_counter() - t0) * 1000 / max(len(chunk), 1)
         verdicts.extend(out)
         latency.extend([dt] * len(chunk))
+        if bar is not None:
+            bar.update(len(chunk))
     return verdicts, latency
 
 
@@ -217,8 +221,11 @@ def evaluate(
     batch_size: int = 16,
     out_dir: str | Path | None = None,
     limit: int | None = None,
+    progress: bool = True,
 ) -> dict:
     """Judge every set once ("all" reuses its parts' verdicts) and score it."""
+    from tqdm import tqdm
+
     engine = getattr(backend, "engine", None)
     result = {
         "model_id": getattr(backend, "model_id", ""),
@@ -227,15 +234,18 @@ def evaluate(
         "datasets": {},
     }
     cache: dict[int, tuple] = {}
-    for name, examples in sets.items():
-        if name == "all":
-            continue
-        examples = examples[:limit] if limit else examples
-        sets[name] = examples
-        verdicts, lat = judge_all(backend, examples, batch_size)
-        for e, v, t in zip(examples, verdicts, lat):
-            cache[id(e)] = (v, t)
-        result["datasets"][name] = score_set(examples, verdicts, lat)
+    for name in [k for k in sets if k != "all"]:
+        sets[name] = sets[name][:limit] if limit else sets[name]
+    total = sum(len(v) for k, v in sets.items() if k != "all")
+    with tqdm(total=total, disable=not progress, desc="eval", unit="q") as bar:
+        for name, examples in sets.items():
+            if name == "all":
+                continue
+            bar.set_postfix_str(name)
+            verdicts, lat = judge_all(backend, examples, batch_size, bar)
+            for e, v, t in zip(examples, verdicts, lat):
+                cache[id(e)] = (v, t)
+            result["datasets"][name] = score_set(examples, verdicts, lat)
     ex = [e for k, v in sets.items() if k != "all" for e in v]
     pooled = {"all": ex} if "all" in sets and len(sets) > 2 else {}
     if "all" in sets:
