@@ -85,6 +85,9 @@ def load_eval_sets(path: str | Path, split: str = "test") -> dict[str, list[Eval
     return {p.stem: _rows_to_examples(rows, str(p))}
 
 
+RESPONSE_SAMPLES = 5
+
+
 def judge_all(
     backend, examples: Sequence[EvalExample], batch_size: int, bar=None
 ) -> tuple[list, list]:
@@ -135,10 +138,32 @@ def score_set(
         "responses": {
             "unsafe_predicted": len(flagged),
             "response_present": len(with_resp),
-            "response_present_rate": len(with_resp) / len(flagged) if flagged else 1.0,
-            "language_match_rate": lang_ok / len(with_resp) if with_resp else 1.0,
+            # None, not 1.0, when nothing was flagged: there is nothing to rate
+            "response_present_rate": len(with_resp) / len(flagged) if flagged else None,
+            "language_match_rate": lang_ok / len(with_resp) if with_resp else None,
+            # a few to read by eye: on topic, no harmful content
+            "samples": [
+                {"text": e.text, "category": v.category, "response": v.response}
+                for e, v in with_resp[:RESPONSE_SAMPLES]
+            ],
         },
     }
+
+
+def _responses_line(r: dict) -> list[str]:
+    def rate(x):
+        return "n/a" if x is None else _f(x)
+
+    lines = [
+        f"Responses: {r['response_present']} of {r['unsafe_predicted']} flagged have one "
+        f"(rate {rate(r['response_present_rate'])}); in the query's language: "
+        f"{rate(r['language_match_rate'])}"
+    ]
+    for s in r.get("samples", []):
+        text = s["text"].replace("|", "/").replace("\n", " ")[:80]
+        resp = (s["response"] or "").replace("|", "/").replace("\n", " ")[:160]
+        lines.append(f"- `{s['category']}` {text} -> {resp}")
+    return lines
 
 
 def _f(x: float) -> str:
@@ -172,10 +197,12 @@ def markdown_report(result: dict) -> str:
             f"safe->safe {cm['safe']['safe']}, safe->unsafe {cm['safe']['unsafe']}, "
             f"unsafe->safe {cm['unsafe']['safe']}, unsafe->unsafe {cm['unsafe']['unsafe']}",
             "",
-            f"Responses: {r['responses']}"
-            if result.get("responses_generated", True)
-            else "Responses: not generated (labels-only run)",
         ]
+        lines += (
+            _responses_line(r["responses"])
+            if result.get("responses_generated", True)
+            else ["Responses: not generated (labels-only run)"]
+        )
         if r["category_recall"]:
             lines += [
                 "",

@@ -141,8 +141,15 @@ def test_eval_exact_numbers_on_jsonl_fixture(tmp_path):
     assert r["best_threshold_f1"] == pytest.approx(6 / 7)
     assert r["responses"]["response_present_rate"] == 1.0
     assert r["responses"]["language_match_rate"] == 1.0
+    assert [x["text"] for x in r["responses"]["samples"]] == ["a", "b", "c"]
     for f in ("eval.json", "EVAL.md", "pr_curve.png"):
         assert (tmp_path / "out" / f).stat().st_size > 100
+    report = (tmp_path / "out" / "EVAL.md").read_text()
+    assert "Responses: 3 of 3 flagged have one (rate 1.00)" in report
+    assert "- `crime_advice` a -> I can't help." in report
+    # nothing flagged: the response rates are not a perfect 1.0, there is nothing to rate
+    quiet = evaluate(ScriptedBackend({t: 0.0 for t, _, _ in rows}), load_eval_sets(path))
+    assert quiet["datasets"]["set"]["responses"]["response_present_rate"] is None
     with pytest.raises(ValueError):
         parse_label("maybe")
 
