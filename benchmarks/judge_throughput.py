@@ -10,6 +10,10 @@ single-query latency. Results depend on the model (GUARDIAN_BASE_MODEL / GUARDIA
 an untrained base sends most queries down the decoding path.
 
     python benchmarks/judge_throughput.py --n 1000
+    python benchmarks/judge_throughput.py --n 1000 --dataset data/guardian-dataset
+
+--dataset draws --n queries from the held-out test split (random.Random(--seed)), a mix
+of safe and unsafe traffic, instead of cycling the shipped samples.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import random
 import statistics
 import tempfile
 import time
@@ -43,6 +48,17 @@ def make_file(path: Path, n: int, source: Path) -> None:
             fh.write("\n")
 
 
+def sample_dataset(path: Path, out: Path, n: int, seed: int) -> None:
+    from datasets import load_from_disk
+
+    test = load_from_disk(str(path))["test"]
+    idx = random.Random(seed).sample(range(len(test)), min(n, len(test)))
+    with out.open("w", encoding="utf-8") as fh:
+        for i in idx:
+            fh.write(json.dumps({"id": f"t{i}", "text": test[i]["text"]}, ensure_ascii=False))
+            fh.write("\n")
+
+
 def run_file(backend, store, policy, src: Path, out: Path, batch: int) -> tuple[float, float]:
     t0 = time.perf_counter()
     rescore_file(
@@ -63,6 +79,9 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=50, help="single-query latency samples")
     parser.add_argument("--input", type=Path, default=SAMPLES,
                         help="JSONL with a text field, cycled to --n queries (default: samples)")
+    parser.add_argument("--dataset", type=Path, default=None,
+                        help="DatasetDict folder: sample --n queries from its test split")
+    parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
 
     settings = GuardianSettings()
@@ -75,12 +94,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "queries.jsonl"
-        make_file(src, args.n, args.input)
+        if args.dataset:
+            sample_dataset(args.dataset, src, args.n, args.seed)
+        else:
+            make_file(src, args.n, args.input)
+        texts = read_texts(src)
         qps_label, _ = run_file(backend, store, label_only, src, Path(tmp) / "a.jsonl",
                                 args.file_batch)
         qps_policy, unsafe = run_file(backend, store, policy, src, Path(tmp) / "b.jsonl",
                                       args.file_batch)
-    texts = read_texts(args.input)
     lat = []
     for i in range(args.single):
         t = time.perf_counter()
@@ -91,7 +113,7 @@ def main() -> None:
     print(f"model: {backend.model_id} {backend.model_version}  backend: {backend.name}  "
           f"device: {settings.resolved_device()}  dtype: {settings.dtype}  "
           f"batch_size: {settings.batch_size}  load: {load_s:.1f}s")
-    print(f"queries: {args.n} from {args.input.name}")
+    print(f"queries: {args.n} from {args.dataset or args.input.name}")
     print(f"label only (one forward pass each): {qps_label:8.1f} queries/s")
     print(f"policy {policy.key} ({unsafe:.0%} unsafe, decoded): {qps_policy:8.1f} queries/s")
     print(f"ratio label-only / with-policy: {qps_label / qps_policy:.1f}x")
