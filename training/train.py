@@ -376,6 +376,19 @@ def model_card(cfg: TrainConfig, info: dict, eval_md: str | None) -> str:
     return "\n".join(lines)
 
 
+def _drop_local_base_path(folder: Path, base_name: str) -> None:
+    """peft records the base's folder on this machine; a shipped adapter must not.
+
+    The guardian loaders never read it (the base comes from settings), so the base's name
+    is kept instead as a hint for people.
+    """
+    path = folder / "adapter_config.json"
+    if path.exists():
+        config = json.loads(path.read_text())
+        config["base_model_name_or_path"] = base_name
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def save(model, tokenizer, tokens, settings, cfg: TrainConfig, info: dict, eval_fn=None) -> Path:
     out = Path(cfg.out_dir)
     staged = out.with_name(out.name + ".partial")
@@ -384,6 +397,7 @@ def save(model, tokenizer, tokens, settings, cfg: TrainConfig, info: dict, eval_
     model.save_pretrained(str(staged))
     if cfg.full:
         tokenizer.save_pretrained(str(staged))
+    _drop_local_base_path(staged, info.get("base") or "")
     save_token_map(tokens, staged)
     version = cfg.version or time.strftime("v%Y%m%d-%H%M%S")
     cfg.version = version
