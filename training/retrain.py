@@ -138,6 +138,11 @@ def retrain(
     reg = Registry(settings.registry_dir)
     old_version = reg.current()
     old_path = reg.current_path()
+    if old_path is None:
+        # An empty registry is not an empty model: continue from and compare against what
+        # `guardian judge` serves now (the shipped guardian by default), never the bare base.
+        old_path = settings.resolved_adapter()
+        old_version = f"serving adapter {old_path}" if old_path else None
     flagged = read_flagged(settings.flagged_table_dir)
     new_rows, counts = label_flagged(flagged, read_reviews(settings.review_file), relabel)
     report: dict = {

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -111,6 +112,40 @@ def test_retrain_promotes_better_and_refuses_worse(tiny_settings, tmp_path):
     assert not r3["promoted"] and reg.current() == "v2"
     assert "regression" in r3["reason"] and "0.7000 -> 0.5000" in r3["reason"]
     assert reg.list_versions() == ["v1", "v2"]
+
+
+def test_first_round_continues_from_the_serving_adapter(tiny_settings, tmp_path):
+    """With an empty registry the serving adapter (the shipped guardian) is the old model."""
+    write_flagged(tmp_path / "flagged")
+    review = tmp_path / "review.jsonl"
+    review.write_text(json.dumps({"id": "q1", "label": "unsafe", "category": "crime_advice"}))
+    serving = tmp_path / "serving-adapter"
+    serving.mkdir()
+    settings = tiny_settings.model_copy(
+        update={
+            "adapter": str(serving),
+            "registry_dir": str(tmp_path / "reg"),
+            "flagged_table_dir": str(tmp_path / "flagged"),
+            "review_file": str(review),
+        }
+    )
+    seen = {}
+
+    def train_fn(settings, cfg, rows, responses=None, progress=False):
+        seen["init_from"] = cfg.init_from
+        Path(cfg.out_dir).mkdir(parents=True)
+
+    def eval_fn(adapter):
+        f1 = 0.5 if adapter.parent.name == "versions" else 0.8
+        return {"fx": {"weighted_f1": f1, "unsafe_f1": f1}}
+
+    r = retrain(
+        settings, base_rows=ROWS, eval_sets={}, steps=2, train_fn=train_fn, eval_fn=eval_fn
+    )
+    assert seen["init_from"] == str(serving)
+    assert r["old_scores"] == {"fx": {"weighted_f1": 0.8, "unsafe_f1": 0.8}}
+    assert not r["promoted"] and "0.8000 -> 0.5000" in r["reason"]
+    assert Registry(settings.registry_dir).current() is None
 
 
 def test_retrain_without_labels_keeps_current(tiny_settings, tmp_path):
