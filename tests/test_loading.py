@@ -120,3 +120,24 @@ def test_merged_adapter_scores_like_the_adapter(tiny_settings, tmp_path):
     for x, y, z in zip(a, m, plain):
         assert y.unsafe_score == pytest.approx(x.unsafe_score, abs=2e-2)  # merged in bf16
         assert x.unsafe_score != pytest.approx(z.unsafe_score, abs=1e-3)
+
+
+def test_auto_dtype_is_bf16_only_where_the_hardware_has_it(tmp_path, monkeypatch):
+    import torch
+
+    import model.settings as ms
+
+    plain = tmp_path / "plain"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    native = tmp_path / "native"
+    native.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert not ms.cpu_has_native_bf16(plain)
+    assert ms.cpu_has_native_bf16(native)
+    assert not ms.cpu_has_native_bf16(tmp_path / "missing")
+
+    monkeypatch.setattr(ms, "cpu_has_native_bf16", lambda: False)
+    assert GuardianSettings(device="cpu").resolved_dtype() == torch.float32
+    assert GuardianSettings(device="cuda").resolved_dtype() == torch.bfloat16
+    assert GuardianSettings(device="cpu", dtype="bfloat16").resolved_dtype() == torch.bfloat16
+    monkeypatch.setattr(ms, "cpu_has_native_bf16", lambda: True)
+    assert GuardianSettings(device="cpu").resolved_dtype() == torch.bfloat16
