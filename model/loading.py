@@ -210,7 +210,10 @@ def load_guardian(settings: GuardianSettings) -> LoadedGuardian:
             )
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter))
+        # Folded into the weights for inference: left unmerged, peft rebuilds the whole
+        # 262k-row embedding with the trained guardian-token rows on every forward call,
+        # once per decoded token (a safety response then takes tens of seconds on CPU).
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device)
@@ -244,9 +247,7 @@ def merge_adapter(settings: GuardianSettings, out_dir: str | Path) -> Path:
     if adapter is None:
         raise ModelNotFoundError("no adapter to merge: set GUARDIAN_ADAPTER")
     loaded = load_guardian(settings.model_copy(update={"device": "cpu", "dtype": "float32"}))
-    model = loaded.model
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    model = loaded.model  # load_guardian already folded the adapter in
     out = Path(out_dir)
     staged = out.with_name(out.name + ".partial")
     shutil.rmtree(staged, ignore_errors=True)
