@@ -111,7 +111,7 @@ def main() -> None:
     lat.sort()
     p99 = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]
     print(f"model: {backend.model_id} {backend.model_version}  backend: {backend.name}  "
-          f"device: {settings.resolved_device()}  dtype: {settings.dtype}  "
+          f"device: {settings.resolved_device()}  dtype: {settings.resolved_dtype()}  "
           f"batch_size: {settings.batch_size}  load: {load_s:.1f}s")
     print(f"queries: {args.n} from {args.dataset or args.input.name}")
     print(f"label only (one forward pass each): {qps_label:8.1f} queries/s")
