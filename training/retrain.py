@@ -142,7 +142,9 @@ def retrain(
         # An empty registry is not an empty model: continue from and compare against what
         # `guardian judge` serves now (the shipped guardian by default), never the bare base.
         old_path = settings.resolved_adapter()
-        old_version = f"serving adapter {old_path}" if old_path else None
+        # Named by its folder: the report and the new model card must not carry this
+        # machine's path (the same rule as training.train._drop_local_base_path).
+        old_version = f"serving adapter {old_path.name}" if old_path else None
     flagged = read_flagged(settings.flagged_table_dir)
     new_rows, counts = label_flagged(flagged, read_reviews(settings.review_file), relabel)
     report: dict = {
