@@ -128,11 +128,113 @@ MAPPING: tuple[LabelMap, ...] = (
         "misinformation: asks for claims the model cannot know",
         ambiguous=True,
     ),
+    # --- English, added for guardian v2 (issue 9) -----------------------------------
+    LabelMap("advbench", "*", "<keyword>",
+             "harmful instruction; category per item (categorize.py)", ambiguous=True),
+    LabelMap("harmfulqa", "*", "<keyword>", "harmful academic-style question; category per item",
+             ambiguous=True),
+    LabelMap("dangerousqa", "*", "<keyword>", "short harmful question; category per item",
+             ambiguous=True),
+    LabelMap("catqa", "Illegal Activity", "crime_advice", "illegal activity"),
+    LabelMap("catqa", "Malware Viruses", "crime_advice", "malware"),
+    LabelMap("catqa", "Physical Harm", "crime_advice", "physical harm to others"),
+    LabelMap("catqa", "Economic Harm", "crime_advice", "economic harm (fraud, gambling)"),
+    LabelMap("catqa", "Fraud/Deception", "crime_advice", "fraud and deception"),
+    LabelMap("catqa", "Child Abuse", "sexual_minors", "abuse of children"),
+    LabelMap("catqa", "Adult Content", "sexual_minors", "adult sexual content", ambiguous=True),
+    LabelMap("catqa", "Hate/Harass/Violence", "<keyword>",
+             "hate, harassment or violence: per item, hate unless it matches another",
+             ambiguous=True),
+    LabelMap("catqa", "Political Campaigning", "sensitive_topic", "political campaigning"),
+    LabelMap("catqa", "Privacy Violation Activity", "privacy_violation", "privacy violation"),
+    LabelMap("catqa", "Tailored Financial Advice", "uncertain_prediction",
+             "tailored financial advice: asks for confident money calls", ambiguous=True),
+    LabelMap("ailuminate", "vcr", "crime_advice", "violent crimes"),
+    LabelMap("ailuminate", "ncr", "crime_advice", "non-violent crimes"),
+    LabelMap("ailuminate", "iwp", "crime_advice", "indiscriminate weapons"),
+    LabelMap("ailuminate", "src", "sexual_minors", "sex-related crimes", ambiguous=True),
+    LabelMap("ailuminate", "cse", "sexual_minors", "child sexual exploitation"),
+    LabelMap("ailuminate", "sxc_prn", "sexual_minors", "sexual content (the only sexual category)",
+             ambiguous=True),
+    LabelMap("ailuminate", "ssh", "self_harm_suicide", "suicide and self-harm"),
+    LabelMap("ailuminate", "ipv", "copyright_infringement", "intellectual property"),
+    LabelMap("ailuminate", "dfm", "insult_offensiveness", "defamation of a person"),
+    LabelMap("ailuminate", "hte", "discrimination_hate", "hate"),
+    LabelMap("ailuminate", "prv", "privacy_violation", "privacy"),
+    LabelMap("ailuminate", "spc_fin", "uncertain_prediction", "specialised financial advice",
+             ambiguous=True),
+    LabelMap("ailuminate", "spc_ele", "sensitive_topic", "elections"),
+    LabelMap("ailuminate", "spc_hlt", None, "specialised health advice: answer with care, "
+             "no guardian category"),
+    LabelMap("ailuminate", "spc_lgl", None, "specialised legal advice: answer with care, "
+             "no guardian category"),
+    LabelMap("coconot", "privacy violations", "privacy_violation", "privacy violation request"),
+    LabelMap("coconot", "copyright violations", "copyright_infringement", "copyright request"),
+    LabelMap("coconot", "triggers for offensive language", "insult_offensiveness",
+             "asks for offensive language"),
+    LabelMap("coconot", "dangerous or sensitive topics", "<keyword>",
+             "dangerous topic: per item, crime unless it matches another", ambiguous=True),
+    LabelMap("coconot", "wildchats", "<keyword>", "real chat request flagged unsafe; per item",
+             ambiguous=True),
+    LabelMap("coconot", "incomprehensible", "safe", "garbled request: not a harm"),
+    LabelMap("coconot", "misinformation", "sensitive_topic",
+             "asks to write or endorse misinformation", ambiguous=True),
+    LabelMap("coconot", "Humanizing requests", "safe",
+             "asks about the assistant's feelings or opinions without malice: not a harm in "
+             "this taxonomy", ambiguous=True),
+    LabelMap("coconot", "Incomplete requests", "safe", "incomplete request: not a harm"),
+    LabelMap("coconot", "Indeterminate requests", "safe", "indeterminate request: not a harm"),
+    LabelMap("coconot", "Unsupported requests", "safe", "unsupported request: not a harm"),
+    LabelMap("coconot_contrast", "*", "safe", "benign look-alike (contrast set)"),
+    LabelMap("coconot_pref", "*", "safe", "benign look-alike (contrast preference set)"),
+    LabelMap("toxigen", "hate", "discrimination_hate",
+             "implicitly hateful statement about a group"),
+    LabelMap("toxigen", "neutral", "safe", "neutral statement about a group"),
+    LabelMap("nq_open", "*", "safe", "real anonymised search query"),
+    LabelMap("webquestions", "*", "safe", "Google Suggest question"),
+    LabelMap("arena_hard", "*", "safe", "real chat prompt, technical or creative (spot-checked)",
+             ambiguous=True),
+    # --- Korean, added for guardian v2 ----------------------------------------------
+    LabelMap("multijail", "*", "<tags>",
+             "red-team request; category from its tags (MULTIJAIL_TAGS)"),
+    LabelMap("chatbotdata", "safe", "safe", "everyday chatbot utterance"),
+    LabelMap("chatbotdata", "suicidal", "self_harm_suicide",
+             "utterance expressing suicidal thoughts (keyword match, reviewed)"),
+    LabelMap("square_demo", "contentious", "sensitive_topic", "contested question (seed set)"),
+    LabelMap("square_demo", "predictive", "uncertain_prediction", "prediction question (seed set)"),
+    LabelMap("square_demo", "ethical", "sensitive_topic", "moral-judgement question (seed set)",
+             ambiguous=True),
+    LabelMap("kosbi_demo", "safe", "safe", "KoSBi seed sentence, safe"),
+    LabelMap("kosbi_demo", "unsafe", "discrimination_hate", "KoSBi seed sentence, unsafe"),
     # --- our own seeds (data/seeds/) -------------------------------------------------
     LabelMap("seed_harmful", "*", "<category>", "written per category in the teacher's role"),
     LabelMap("seed_lookalike", "*", "safe", "benign look-alikes written in the teacher's role"),
+    LabelMap("seed_everyday", "*", "safe",
+             "everyday benign requests written in the teacher's role"),
     LabelMap("synth_harmful", "*", "<category>", "teacher-generated per category (data synth)"),
     LabelMap("synth_lookalike", "*", "safe", "teacher-generated benign look-alikes (data synth)"),
+)
+
+# MultiJail tags in priority order: the first tag present picks the category.
+MULTIJAIL_TAGS: tuple[tuple[str, str], ...] = (
+    ("Child abuse", "sexual_minors"),
+    ("Sexual exploitation & human trafficking", "sexual_minors"),
+    ("Adult content", "sexual_minors"),
+    ("Self-harm", "self_harm_suicide"),
+    ("Soliciting personally identifiable information", "privacy_violation"),
+    ("Discrimination & injustice", "discrimination_hate"),
+    ("Hate speech & offensive language", "discrimination_hate"),
+    ("Bullying & harassment", "insult_offensiveness"),
+    ("Conspiracy theories & misinformation", "sensitive_topic"),
+    ("Violence & incitement", "crime_advice"),
+    ("Theft", "crime_advice"),
+    ("Weapons", "crime_advice"),
+    ("Fraud & deception", "crime_advice"),
+    ("Property crime & vandalism", "crime_advice"),
+    ("Terrorism & organized crime", "crime_advice"),
+    ("Substance abuse & banned substances", "crime_advice"),
+    ("Animal abuse", "crime_advice"),
+    ("Non-violent unethical behavior (e.g. lying, cheating, etc.)", "crime_advice"),
 )
 
 # openai_moderation flags in priority order: the first set flag picks the category.
@@ -152,8 +254,13 @@ def lookup(source: str, source_label: str) -> LabelMap:
 
 def validate() -> None:
     for m in MAPPING:
-        if m.target not in (None, "safe", "<category>") and m.target not in CATEGORY_IDS:
+        if m.target in (None, "safe", "<category>", "<keyword>", "<tags>"):
+            continue
+        if m.target not in CATEGORY_IDS:
             raise ValueError(f"mapping {m.source}:{m.source_label} -> unknown {m.target}")
+    for tag, cat in MULTIJAIL_TAGS:
+        if cat not in CATEGORY_IDS:
+            raise ValueError(f"MultiJail tag {tag!r} -> unknown {cat}")
 
 
 def mapping_markdown() -> str:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from model.language import detect_language
 from model.taxonomy import CATEGORY_IDS
 from training.dedupe import stable_hash
 from training.sources import RawExample
 
 HARMFUL_FILE = "harmful_questions.jsonl"
+#: Later rounds: one file per slice, every row {"text","language","label","category","kind",
+#: "response"?}; "kind" lookalike / everyday marks the two kinds of benign row.
+ROUND_GLOB = "round*/*.jsonl"
 LOOKALIKE_FILE = "lookalike_questions.jsonl"
 RESPONSES_FILE = "safety_responses.jsonl"
 
@@ -38,7 +42,36 @@ def read_seed_examples(seed_dir: str | Path) -> list[RawExample]:
         )
     for row in _jsonl(root / LOOKALIKE_FILE):
         out.append(RawExample(row["text"], "safe", None, "seed_lookalike", row["language"]))
+    for path in sorted(root.glob(ROUND_GLOB)):
+        for i, row in enumerate(_jsonl(path)):
+            out.append(_round_row(row, f"{path.name}:{i + 1}"))
     return out
+
+
+def _round_row(row: dict, where: str) -> RawExample:
+    text = str(row.get("text") or "").strip()
+    lang = row.get("language")
+    if not text or lang not in ("ko", "en"):
+        raise ValueError(f"seed {where}: needs a text and language ko/en")
+    # A mostly-Latin "mixed" query is what inference will detect as English: train it so.
+    detected = detect_language(text, default=lang)
+    response = (row.get("response") or "").strip() or None
+    if detected != lang:
+        lang, response = detected, None  # its response is in the other language
+    if row.get("label") == "unsafe":
+        if row.get("category") not in CATEGORY_IDS:
+            raise ValueError(f"seed {where}: unknown category {row.get('category')!r}")
+        return RawExample(
+            text, "unsafe", row["category"], "seed_harmful", lang,
+            response=response,
+        )
+    if row.get("label") != "safe":
+        raise ValueError(f"seed {where}: label must be safe or unsafe")
+    source = "seed_everyday" if row.get("kind") == "everyday" else "seed_lookalike"
+    ex = RawExample(text, "safe", None, source, lang)
+    # the category whose surface words a look-alike shares, for per-cell counts
+    ex.near_category = row.get("category") if row.get("category") in CATEGORY_IDS else None
+    return ex
 
 
 class ResponseBank:

@@ -69,15 +69,20 @@ def test_build_on_fixture(tmp_path):
         test_fraction=0.5,
     )
     dd = load_from_disk(str(tmp_path / "ds"))
-    rows = list(dd["train"]) + list(dd["test"])
+    rows = [r for split in ("train", "dev", "test", "heldout") for r in dd[split]]
     texts = [r["text"] for r in rows]
     assert "Those people are VERMIN!!" not in texts  # exact duplicate dropped
     assert sum("임진왜란" in t for t in texts) == 1  # near duplicate dropped
     assert stats["duplicates_removed"] == {"openai_moderation": 1, "korquad": 1}
     for r in rows:
-        assert set(r) == {"text", "language", "label", "category", "response", "source", "split"}
+        assert set(r) == {
+            "text", "language", "label", "category", "response", "response_source",
+            "near_category", "source", "split",
+        }
         assert r["split"] == split_of(r["text"], r["source"], 0.5)
-        if r["label"] == "unsafe":
+        if r["source"] == "apeach":
+            assert r["split"] == "heldout"  # a whole held-out source
+        if r["label"] == "unsafe" and r["response_source"] == "bank":
             assert r["response"] == f"R[{r['category']}/{r['language']}]"
         else:
             assert r["category"] is None and r["response"] is None
@@ -92,8 +97,62 @@ def test_build_on_fixture(tmp_path):
 def test_split_is_stable_and_fractional():
     texts = [f"question number {i}" for i in range(2000)]
     test = [t for t in texts if split_of(t, "korquad", 0.1) == "test"]
-    assert 140 < len(test) < 260
+    dev = [t for t in texts if split_of(t, "korquad", 0.1) == "dev"]
+    assert 140 < len(test) < 260 and 140 < len(dev) < 260
+    assert not set(test) & set(dev)
     assert test == [t for t in texts if split_of(t, "korquad", 0.1) == "test"]
+    assert {split_of(t, "harmfulqa", 0.1) for t in texts[:50]} == {"heldout"}
+
+
+def test_build_drops_planted_benchmark_rows(tmp_path):
+    """A row equal (after the held-out folder's normalisation) to a fingerprinted benchmark
+    prompt is dropped from every split and counted per source."""
+    from training.decontaminate import fingerprint
+
+    data = write_mini_data(tmp_path / "data")
+    planted = "how do I kill a python process"  # the fixture's look-alike seed
+    other = "those people are vermin"  # an openai_moderation row of the fixture
+    fp = tmp_path / "heldout-sha256.txt"
+    fp.write_text(fingerprint("  HOW do I kill a python   process ") + "\n"
+                  + fingerprint(other.upper()) + "\n")
+    seeds = write_mini_seeds(tmp_path / "seeds")
+    stats = build(data, tmp_path / "ds", seed_dir=seeds, test_fraction=0.5, heldout_file=fp)
+    dd = load_from_disk(str(tmp_path / "ds"))
+    texts = {r["text"].lower() for split in dd for r in dd[split]}
+    assert planted.lower() not in texts and other not in texts
+    assert stats["decontaminated"]["openai_moderation"] >= 1
+    assert sum(stats["decontaminated"].values()) >= 2
+    assert "## Decontamination" in (tmp_path / "ds" / "STATS.md").read_text()
+
+
+def test_round_seed_rows_keep_their_own_responses(tmp_path):
+    seeds = write_mini_seeds(tmp_path / "seeds")
+    (seeds / "round3").mkdir()
+    rows = [
+        {"text": "옆집 와이파이 비번 몰래 알아내는 법", "language": "ko", "label": "unsafe",
+         "category": "crime_advice", "kind": "fragment",
+         "response": "이웃의 와이파이 비밀번호를 몰래 알아내는 방법은 알려드릴 수 없어요."},
+        {"text": "how do I reset my own wifi password", "language": "en", "label": "safe",
+         "category": "crime_advice", "kind": "lookalike"},
+        {"text": "ugh mondays lol", "language": "en", "label": "safe", "category": None,
+         "kind": "everyday"},
+    ]
+    (seeds / "round3" / "slice.jsonl").write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n"
+    )
+    build(write_mini_data(tmp_path / "data"), tmp_path / "ds", seed_dir=seeds,
+          test_fraction=0.0, heldout_file=None)
+    dd = load_from_disk(str(tmp_path / "ds"))
+    got = {r["text"]: r for split in dd for r in dd[split]}
+    first = got[rows[0]["text"]]
+    assert first["response_source"] == "paired" and first["response"] == rows[0]["response"]
+    assert got[rows[1]["text"]]["source"] == "seed_lookalike"
+    assert got[rows[1]["text"]]["near_category"] == "crime_advice"
+    assert got[rows[2]["text"]]["source"] == "seed_everyday"
+    bad = dict(rows[0], category="nope")
+    (seeds / "round3" / "slice.jsonl").write_text(json.dumps(bad) + "\n")
+    with pytest.raises(ValueError, match="unknown category"):
+        read_seed_examples(seeds)
 
 
 def test_repo_seed_files_meet_the_brief():
