@@ -124,10 +124,19 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size,
         learning_rate=args.lr,
         init_from=args.init_from or "",
+        recipe="legacy" if (args.full or args.init_from) else args.recipe,
+        stage1_epochs=args.stage1_epochs,
+        stage2_epochs=args.stage2_epochs,
+        train_layers=args.train_layers,
+        max_tokens=args.max_tokens,
+        resume=args.resume,
     )
     rows = _train_rows(s.dataset_dir)
     eval_fn = _eval_fn(s, s.dataset_dir, args.eval_limit) if args.eval_limit else None
     info = train(s, cfg, rows, responses=ResponseBank.load(default_seed_dir()), eval_fn=eval_fn)
+    if not info.get("out_dir"):
+        print(f"stopped after {info.get('steps_run')} steps; checkpoint kept, rerun with --resume")
+        return 0
     k = min(10, len(info["losses"]))
     print(
         f"saved {cfg.out_dir} (version {cfg.version}); loss "
@@ -155,6 +164,28 @@ def cmd_eval(args) -> int:
     )
     print(markdown_report(res).split("\n## ")[0])
     print(f"wrote {args.out}/eval.json, EVAL.md, pr_curve.png")
+    return 0
+
+
+def cmd_suite(args) -> int:
+    from training.suite import run_suite
+
+    s = _settings(args)
+    models = {}
+    for spec in args.model:
+        name, _, ref = spec.partition("=")
+        if not ref:
+            print(f"--model wants NAME=ADAPTER, got {spec!r}", file=sys.stderr)
+            return 2
+        models[name] = ref
+    candidate = args.candidate or next(iter(models))
+    res = run_suite(
+        s, args.data or s.dataset_dir, models, args.out, candidate=candidate,
+        test_cap=args.test_cap, heldout_cap=args.heldout_cap, dev_cap=args.dev_cap,
+        probe=not args.no_probe, responses=args.responses,
+    )
+    print(f"wrote {args.out}/EVAL.md, suite.json, pr_curves.png")
+    print(json.dumps(res["operating_points"], indent=1))
     return 0
 
 
@@ -218,7 +249,31 @@ def register(subparsers) -> None:
     t.add_argument("--init-from", help="adapter/model folder to continue from")
     t.add_argument("--eval-limit", type=int, help="eval N test examples per source for the card")
     t.add_argument("--register", action="store_true", help="save as next registry version, promote")
+    t.add_argument("--recipe", choices=("cached", "legacy"), default="cached",
+                   help="cached: top layers over cached lower-layer states (default); legacy: "
+                   "every layer, sampled steps (also --full and --init-from)")
+    t.add_argument("--stage1-epochs", type=float, help="cached recipe: SFT epochs over the mix")
+    t.add_argument("--stage2-epochs", type=float, help="cached recipe: multi-task epochs")
+    t.add_argument("--train-layers", type=int, help="cached recipe: top layers given LoRA")
+    t.add_argument("--max-tokens", type=int, help="query tokens kept (setting train_max_tokens)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint beside --out (same data order)")
     t.set_defaults(func=cmd_train)
+
+    su = subparsers.add_parser(
+        "suite", help="held-out sources, per language and category, floor rows, dev thresholds"
+    )
+    su.add_argument("--data", help="dataset from `data build` (setting dataset_dir)")
+    su.add_argument("--model", action="append", required=True,
+                    help="NAME=ADAPTER (an adapter folder, `default` or `none`); repeatable")
+    su.add_argument("--candidate", help="the model whose thresholds and responses are reported")
+    su.add_argument("--out", required=True, help="report folder (scores cached there)")
+    su.add_argument("--test-cap", type=int, default=250, help="test rows per source")
+    su.add_argument("--heldout-cap", type=int, default=800, help="held-out rows per source")
+    su.add_argument("--dev-cap", type=int, default=150, help="dev rows per source")
+    su.add_argument("--responses", type=int, default=200, help="unsafe test queries decoded")
+    su.add_argument("--no-probe", action="store_true", help="skip the frozen-base probe floor")
+    su.set_defaults(func=cmd_suite)
 
     e = subparsers.add_parser("eval", help="paper table + FPR, best-threshold F1, PR curve")
     e.add_argument("--data", required=True, help="DatasetDict folder or CSV/JSONL file")

@@ -59,6 +59,16 @@ class TrainConfig:
     init_from: str = ""  # an adapter / model folder to continue from (retraining)
     data_note: str = ""
     extra: dict = field(default_factory=dict)
+    # "cached" (train_cached.py: top layers over cached lower-layer states, epochs) or
+    # "legacy" (every layer, sampled steps; also what --full and --init-from use)
+    recipe: str = "legacy"
+    train_layers: int = 6
+    stage1_epochs: float = 2.0
+    stage2_epochs: float = 2.0
+    checkpoint_minutes: float = 5.0
+    resume: bool = False
+    cache_dir: str = ""
+    source_caps: dict | None = None
 
     @classmethod
     def from_settings(cls, settings: GuardianSettings, out_dir: str, **kw) -> TrainConfig:
@@ -210,12 +220,13 @@ def answer_loss(model, ids, mask, labels):
 
 
 def training_autocast(device: str, settings: GuardianSettings):
-    """bf16 autocast on CPU when asked for (`GUARDIAN_DTYPE=bfloat16`): fp32 master weights."""
+    """bf16 autocast on CPU when the settings resolve to bf16 (asked for, or `auto` on a CPU
+    with native bf16): fp32 master weights. Emulated bf16 is slower than fp32."""
     import contextlib
 
     import torch
 
-    if device == "cpu" and settings.dtype in ("bfloat16", "bf16"):
+    if device == "cpu" and settings.resolved_dtype() == torch.bfloat16:
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -273,6 +284,15 @@ def train(
     eval_fn=None,
 ) -> dict:
     """Run both stages and save the folder; returns {"out_dir", "losses", ...}."""
+    if cfg.recipe == "cached":
+        if cfg.full or cfg.init_from:
+            raise ValueError("the cached recipe trains fresh LoRA on the top layers: "
+                             "use recipe 'legacy' with --full or --init-from")
+        from training.train_cached import train_cached
+
+        return train_cached(
+            settings, cfg, rows, responses=responses, progress=progress, eval_fn=eval_fn
+        )
     import torch
     from tqdm import tqdm
 
@@ -335,7 +355,13 @@ def model_card(cfg: TrainConfig, info: dict, eval_md: str | None) -> str:
         indent=2,
         ensure_ascii=False,
     )
-    method = "full fine-tune" if cfg.full else f"LoRA r={cfg.lora_r} + guardian token rows"
+    if cfg.full:
+        method = "full fine-tune"
+    elif cfg.recipe == "cached":
+        method = (f"LoRA r={cfg.lora_r} on the top {cfg.train_layers} layers (cached recipe; "
+                  "guardian token rows as in the base)")
+    else:
+        method = f"LoRA r={cfg.lora_r} + guardian token rows"
     lines = [
         f"# {cfg.model_id} {cfg.version}",
         "",
