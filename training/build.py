@@ -237,7 +237,7 @@ def to_dataset_dict(rows: list[dict]):
         if not sel and split != "train":
             continue  # datasets cannot read back an empty split
         parts[split] = Dataset.from_dict(
-            {c: [r[c] for r in sel] for c in COLUMNS}, features=features
+            {c: [r.get(c) for r in sel] for c in COLUMNS}, features=features
         )
     return DatasetDict(parts)
 

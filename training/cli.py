@@ -103,6 +103,13 @@ def _eval_fn(settings: GuardianSettings, dataset_dir: str, limit: int | None):
     return run
 
 
+def _recipe(args) -> str:
+    stepped = args.steps or args.stage1_steps is not None or args.stage2_steps is not None
+    if args.full or args.init_from:
+        return "legacy"
+    return args.recipe or ("legacy" if stepped else "cached")
+
+
 def cmd_train(args) -> int:
     from training.registry import Registry
     from training.seeds import ResponseBank, default_seed_dir
@@ -124,7 +131,7 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size,
         learning_rate=args.lr,
         init_from=args.init_from or "",
-        recipe="legacy" if (args.full or args.init_from) else args.recipe,
+        recipe=_recipe(args),
         stage1_epochs=args.stage1_epochs,
         stage2_epochs=args.stage2_epochs,
         train_layers=args.train_layers,
@@ -249,9 +256,10 @@ def register(subparsers) -> None:
     t.add_argument("--init-from", help="adapter/model folder to continue from")
     t.add_argument("--eval-limit", type=int, help="eval N test examples per source for the card")
     t.add_argument("--register", action="store_true", help="save as next registry version, promote")
-    t.add_argument("--recipe", choices=("cached", "legacy"), default="cached",
-                   help="cached: top layers over cached lower-layer states (default); legacy: "
-                   "every layer, sampled steps (also --full and --init-from)")
+    t.add_argument("--recipe", choices=("cached", "legacy"),
+                   help="cached: top layers over cached lower-layer states, in epochs (the "
+                   "default); legacy: every layer, sampled steps (the default when --steps, "
+                   "--stage1/2-steps, --full or --init-from is given)")
     t.add_argument("--stage1-epochs", type=float, help="cached recipe: SFT epochs over the mix")
     t.add_argument("--stage2-epochs", type=float, help="cached recipe: multi-task epochs")
     t.add_argument("--train-layers", type=int, help="cached recipe: top layers given LoRA")

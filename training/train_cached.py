@@ -238,11 +238,14 @@ def train_cached(
             trunc = lengths
         per_epoch = max(1, math.ceil(len(members) / bs))
         s = step - offset
+        batches, batches_epoch = [], None
         while s < steps and step < limit:
             epoch, k = divmod(s, per_epoch)
-            batches = bucketed_batches(
-                members, trunc, bs, cfg.seed * 1000 + epoch + (500 if multitask else 0)
-            )
+            if epoch != batches_epoch:
+                batches = bucketed_batches(
+                    members, trunc, bs, cfg.seed * 1000 + epoch + (500 if multitask else 0)
+                )
+                batches_epoch = epoch
             if k >= len(batches):
                 s += 1
                 continue
