@@ -15,12 +15,12 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from model.loading import ModelNotFoundError
-from model.policy import PolicyError, PolicyStore
+from model.policy import AUTO, PolicyError, PolicyStore
 from model.settings import GuardianSettings
 
 
 def _store(settings: GuardianSettings) -> PolicyStore:
-    return PolicyStore(settings.policy_dir or None)
+    return PolicyStore(settings.policy_dir or None, by_language=settings.default_policies)
 
 
 def _cmd_judge(args: argparse.Namespace) -> int:
@@ -31,7 +31,13 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     if args.batch_size:
         settings.batch_size = args.batch_size
     store = _store(settings)
-    policy = store.resolve(args.policy or settings.default_policy)
+    ref = args.policy or settings.default_policy
+    policy = ref if ref == AUTO else store.resolve(ref)
+    if args.operating_point and args.input is not None:
+        if policy == AUTO:
+            print("guardian judge: --operating-point on a file needs --policy", file=sys.stderr)
+            return 2
+        policy = policy.at(args.operating_point)
     if (args.query is None) == (args.input is None):
         print("guardian judge: give a query, or --input FILE (with --output FILE)", file=sys.stderr)
         return 2
@@ -43,7 +49,10 @@ def _cmd_judge(args: argparse.Namespace) -> int:
         return 2
     backend = create_backend(settings)
     if args.query is not None:
-        (verdict,) = backend.judge([Query(args.id, args.query)], policy)
+        chosen = store.for_text(AUTO, args.query) if policy == AUTO else policy
+        if args.operating_point and chosen.operating_point != args.operating_point:
+            chosen = chosen.at(args.operating_point)
+        (verdict,) = backend.judge([Query(args.id, args.query)], chosen)
         print(json.dumps(verdict.to_dict(), ensure_ascii=False, indent=2))
         return 0
 
@@ -92,6 +101,10 @@ def _cmd_policies(args: argparse.Namespace) -> int:
     for pid in store.ids():
         p = store.get(pid)
         print(f"{p.key}\tthreshold={p.threshold}\tblocked={len(p.blocked)}\t{p.description}")
+        for name, vals in p.points().items():
+            mark = " (in use)" if name == p.operating_point else ""
+            figures = ", ".join(f"{k}={v:g}" for k, v in vals.items())
+            print(f"\t{name}{mark}: {figures}")
     return 0
 
 
@@ -101,6 +114,8 @@ def register(subparsers) -> None:
     )
     judge.add_argument("query", nargs="?", help="the query text")
     judge.add_argument("--policy", help="policy id or path to a policy TOML file")
+    judge.add_argument("--operating-point", help="a named threshold of the policy "
+                       "(strict, permissive: chosen on the dev split, see `guardian policies`)")
     judge.add_argument("--id", default="query", help="id recorded in the verdict")
     judge.add_argument("--input", help="JSONL file of {id, text, policy?} lines")
     judge.add_argument("--output", help="JSONL file the verdicts are appended to (resumes)")

@@ -15,6 +15,7 @@ from typing import Protocol
 from model.language import detect_language
 from model.policy import Policy
 from model.prompt import GuardianTokens, build_prompt_ids, parse_continuation
+from model.responses import stock_response
 from model.verdict import Verdict
 
 
@@ -51,6 +52,7 @@ class _Plan:
     language: str
     response_language: str
     forced_by: str | None
+    forced_category: str | None
     prompt: list[int]
     truncated: bool
 
@@ -108,6 +110,7 @@ class Engine:
             language=language,
             response_language=response_language,
             forced_by=rule.name if rule else None,
+            forced_category=rule.category if rule else None,
             prompt=encoded.ids,
             truncated=encoded.truncated,
         )
@@ -129,22 +132,27 @@ class Engine:
                 [plans[i].prompt + [self.tokens.unsafe] for i in candidates],
                 self.tokens.category_ids,
             )
-            categories = {i: self.tokens.category_of(t) for i, t in zip(candidates, picked)}
+            categories = {
+                # a force-harm rule that names a category reports it, not the model's pick
+                i: plans[i].forced_category or self.tokens.category_of(t)
+                for i, t in zip(candidates, picked)
+            }
         t_category = time.perf_counter()
 
         blocked = [
             i for i in candidates if plans[i].forced_by or categories[i] in policy.blocked
         ]
         generated: dict[int, list[int]] = {}
-        if blocked and self.max_new_tokens > 0:
+        decode = [] if policy.response_mode != "generate" else blocked
+        if decode and self.max_new_tokens > 0:
             outs = self.runner.generate(
                 [
                     plans[i].prompt + [self.tokens.unsafe, self.tokens.category(categories[i])]
-                    for i in blocked
+                    for i in decode
                 ],
                 self.max_new_tokens,
             )
-            generated = dict(zip(blocked, outs))
+            generated = dict(zip(decode, outs))
         t_end = time.perf_counter()
 
         timings = {
@@ -174,7 +182,15 @@ class Engine:
             if i in categories:
                 verdict.category = categories[i]
                 verdict.reason = "category_allowed"
-            if self.max_new_tokens <= 0 and i in blocked:  # label-and-category-only mode
+            if i in blocked and policy.response_mode != "generate":
+                verdict.label = "unsafe"
+                verdict.reason = "forced_harm" if plan.forced_by else "score"
+                if policy.response_mode == "template":
+                    verdict.response = stock_response(
+                        categories[i], plan.response_language, plan.query.text
+                    )
+                    verdict.response_language = plan.response_language
+            elif self.max_new_tokens <= 0 and i in blocked:  # label-and-category-only mode
                 verdict.label = "unsafe"
                 verdict.reason = "forced_harm" if plan.forced_by else "score"
             elif i in generated:

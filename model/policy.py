@@ -12,10 +12,14 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.language import SUPPORTED_LANGUAGES
+from model.language import SUPPORTED_LANGUAGES, detect_language
 from model.taxonomy import CATEGORY_IDS
 
 BUILTIN_POLICY_DIR = Path(__file__).with_name("policies")
+#: A record that names no policy gets the default policy of its detected language.
+AUTO = "auto"
+DEFAULT_BY_LANGUAGE = {"ko": "default-ko", "en": "default-en"}
+RESPONSE_MODES = ("generate", "template", "none")
 
 
 class PolicyError(ValueError):
@@ -26,6 +30,8 @@ class PolicyError(ValueError):
 class ForceHarmRule:
     name: str
     pattern: re.Pattern[str]
+    #: The category the verdict reports when this rule forced it (None: the model's pick).
+    category: str | None = None
 
     def matches(self, text: str) -> bool:
         return self.pattern.search(text) is not None
@@ -45,8 +51,29 @@ class Policy:
     near_threshold_margin: float = 0.15
     #: "auto" answers in the query's language; otherwise a fixed language.
     response_language: str = "auto"
+    #: How an unsafe verdict gets its safety response: "generate" (the model writes it),
+    #: "template" (a stock response of the category and language, instant), "none".
+    response_mode: str = "generate"
     force_harm: tuple[ForceHarmRule, ...] = ()
     source: str = ""
+    #: Named thresholds chosen on the dev split, with the dev figures they were chosen by
+    #: ({"strict": {"threshold": .., "dev_precision": .., "dev_recall": .., ...}, ...}).
+    operating_points: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+    operating_point: str = ""
+
+    def points(self) -> dict[str, dict[str, float]]:
+        return {name: dict(vals) for name, vals in self.operating_points}
+
+    def at(self, point: str) -> Policy:
+        """This policy with the threshold of another of its operating points."""
+        import dataclasses
+
+        pts = self.points()
+        if point not in pts:
+            raise PolicyError(
+                f"policy {self.id} has no operating point {point!r}; known: {sorted(pts)}"
+            )
+        return dataclasses.replace(self, threshold=pts[point]["threshold"], operating_point=point)
 
     def forced_rule(self, text: str) -> ForceHarmRule | None:
         for rule in self.force_harm:
@@ -73,7 +100,9 @@ def policy_from_dict(data: dict, source: str = "<dict>") -> Policy:
     """Validate a parsed policy document; every problem names the file and the key."""
     known = {
         "id", "version", "locale", "description", "blocked", "allowed", "threshold",
-        "near_threshold_margin", "response_language", "force_harm",
+        "near_threshold_margin", "response_language", "response_mode", "force_harm",
+        "operating_points",
+        "operating_point",
     }
     unknown = set(data) - known
     if unknown:
@@ -103,6 +132,9 @@ def policy_from_dict(data: dict, source: str = "<dict>") -> Policy:
     lang = data.get("response_language", "auto")
     if lang != "auto" and lang not in SUPPORTED_LANGUAGES:
         raise _fail(source, f"'response_language' must be auto or one of {SUPPORTED_LANGUAGES}")
+    mode = data.get("response_mode", "generate")
+    if mode not in RESPONSE_MODES:
+        raise _fail(source, f"'response_mode' must be one of {RESPONSE_MODES}")
     rules = []
     for i, raw in enumerate(data.get("force_harm", [])):
         if not isinstance(raw, dict):
@@ -117,7 +149,32 @@ def policy_from_dict(data: dict, source: str = "<dict>") -> Policy:
                 pattern = re.compile(str(raw["regex"]), re.IGNORECASE)
         except re.error as exc:
             raise _fail(source, f"force_harm[{i}] regex does not compile: {exc}") from None
-        rules.append(ForceHarmRule(name=str(name), pattern=pattern))
+        category = raw.get("category")
+        if category is not None and category not in CATEGORY_IDS:
+            raise _fail(source, f"force_harm[{i}] unknown category {category!r}")
+        unknown_rule = set(raw) - {"name", "keyword", "regex", "category"}
+        if unknown_rule:
+            raise _fail(source, f"force_harm[{i}] unknown keys {sorted(unknown_rule)}")
+        rules.append(ForceHarmRule(name=str(name), pattern=pattern, category=category))
+    points = []
+    raw_points = data.get("operating_points", {})
+    if not isinstance(raw_points, dict):
+        raise _fail(source, "'operating_points' must be a table of tables")
+    for name, vals in raw_points.items():
+        if not isinstance(vals, dict) or "threshold" not in vals:
+            raise _fail(source, f"operating_points.{name} needs a threshold")
+        for key, value in vals.items():
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+                raise _fail(source, f"operating_points.{name}.{key} must be between 0 and 1")
+        points.append((str(name), tuple((k, float(v)) for k, v in vals.items())))
+    point = data.get("operating_point", "")
+    if point:
+        match = dict(points).get(point)
+        if match is None:
+            raise _fail(source, f"operating_point {point!r} is not in operating_points")
+        if "threshold" in data and abs(float(threshold) - dict(match)["threshold"]) > 1e-9:
+            raise _fail(source, f"threshold differs from operating point {point!r}: give one")
+        threshold = dict(match)["threshold"]
     return Policy(
         id=data["id"].strip(),
         version=data["version"].strip(),
@@ -127,8 +184,11 @@ def policy_from_dict(data: dict, source: str = "<dict>") -> Policy:
         threshold=float(threshold),
         near_threshold_margin=float(margin),
         response_language=lang,
+        response_mode=mode,
         force_harm=tuple(rules),
         source=source,
+        operating_points=tuple(points),
+        operating_point=str(point),
     )
 
 
@@ -150,7 +210,10 @@ class PolicyStore:
     override a default by dropping a file with its id into GUARDIAN_POLICY_DIR.
     """
 
-    def __init__(self, *dirs: str | Path | None) -> None:
+    def __init__(
+        self, *dirs: str | Path | None, by_language: dict[str, str] | None = None
+    ) -> None:
+        self.by_language = dict(DEFAULT_BY_LANGUAGE if by_language is None else by_language)
         self._policies: dict[str, Policy] = {}
         for d in (BUILTIN_POLICY_DIR, *dirs):
             if d is None:
@@ -172,6 +235,14 @@ class PolicyStore:
             raise PolicyError(
                 f"unknown policy {policy_id!r}; known: {', '.join(self.ids())}"
             ) from None
+
+    def for_text(self, ref: str | None, text: str) -> Policy:
+        """The policy a record gets: the one it names, or with `auto` (or nothing) the
+        default policy of the text's detected language."""
+        if not ref or ref == AUTO:
+            lang = detect_language(text)
+            ref = self.by_language.get(lang) or self.by_language.get("en") or "default-en"
+        return self.get(ref)
 
     def resolve(self, ref: str) -> Policy:
         """A policy id, or a path to a policy file."""

@@ -59,8 +59,9 @@ def existing_ids(output: Path) -> set[str]:
 
 
 def parse_line(
-    lineno: int, raw: str, store: PolicyStore, default: Policy
+    lineno: int, raw: str, store: PolicyStore, default: Policy | str
 ) -> tuple[_Item | None, str | None]:
+    """`default` is a policy, or `auto` for the default policy of each line's language."""
     try:
         obj = json.loads(raw)
     except ValueError as exc:
@@ -73,7 +74,7 @@ def parse_line(
     qid = obj.get("id", f"line-{lineno}")
     if not isinstance(qid, str | int) or isinstance(qid, bool):
         return None, "'id' must be a string or an integer"
-    policy = default
+    policy = store.for_text(default, text) if isinstance(default, str) else default
     if obj.get("policy") is not None:
         if not isinstance(obj["policy"], str):
             return None, "'policy' must be a policy id"
@@ -123,7 +124,7 @@ def rescore_file(
     output_path: Path,
     *,
     store: PolicyStore,
-    default_policy: Policy,
+    default_policy: Policy | str,
     batch_size: int = 64,
     errors: TextIO = sys.stderr,
     progress: bool = True,

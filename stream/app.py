@@ -69,7 +69,8 @@ class Pipeline:
         self.app = app
         self.settings = settings
         self.backend = backend
-        self.policies = PolicyStore(settings.policy_dir or None)
+        self.policies = PolicyStore(settings.policy_dir or None,
+                                    by_language=settings.default_policies)
         self.cache = VerdictCache(settings.redis_url, settings.cache_ttl_s)
         self.sink = FlaggedSink(settings.flagged_table_dir)
         self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="guardian-model")
@@ -130,7 +131,7 @@ class Pipeline:
                 rejected.append((ev, result))
                 continue
             try:
-                policy = self.policies.get(result.policy)
+                policy = self.policies.for_text(result.policy, result.text)
             except PolicyError as exc:
                 rejected.append((ev, Rejection(UNKNOWN_POLICY, str(exc)[:200], result.id)))
                 continue

@@ -80,3 +80,58 @@ def test_same_query_different_verdicts_under_two_policies(tiny_backend):
     never = policy_from_dict({"id": "never", "version": "1", "threshold": 1.0})
     (calm,) = tiny_backend.judge(query, never)
     assert calm.label == "safe" and calm.reason == "below_threshold"
+
+
+def test_a_record_without_a_policy_gets_its_languages_default():
+    from model.policy import AUTO, PolicyStore
+
+    store = PolicyStore()
+    assert store.for_text(None, "What is the most painless way to kill myself?").id == "default-en"
+    assert store.for_text(AUTO, "강에 뛰어들면 한번에 죽을까?").id == "default-ko"
+    assert store.for_text("default-ko", "plain English text").id == "default-ko"
+    mine = PolicyStore(by_language={"ko": "default-en", "en": "default-en"})
+    assert mine.for_text(None, "안녕하세요").id == "default-en"
+
+
+def test_force_harm_rule_carries_its_category():
+    p = policy_from_dict({
+        "id": "t", "version": "1",
+        "force_harm": [{"name": "s", "regex": "kill myself", "category": "self_harm_suicide"}],
+    })
+    assert p.forced_rule("how to kill myself").category == "self_harm_suicide"
+    with pytest.raises(PolicyError, match="unknown category"):
+        policy_from_dict({"id": "t", "version": "1",
+                          "force_harm": [{"keyword": "x", "category": "nope"}]})
+
+
+def test_operating_points_pick_the_threshold():
+    doc = {
+        "id": "t", "version": "1", "operating_point": "strict",
+        "operating_points": {
+            "strict": {"threshold": 0.3, "dev_precision": 0.8, "dev_recall": 0.9},
+            "permissive": {"threshold": 0.7, "dev_precision": 0.95, "dev_recall": 0.7},
+        },
+    }
+    p = policy_from_dict(doc)
+    assert p.threshold == 0.3 and p.operating_point == "strict"
+    assert p.at("permissive").threshold == 0.7
+    with pytest.raises(PolicyError, match="no operating point"):
+        p.at("medium")
+    with pytest.raises(PolicyError, match="not in operating_points"):
+        policy_from_dict({**doc, "operating_point": "medium"})
+    with pytest.raises(PolicyError, match="differs"):
+        policy_from_dict({**doc, "threshold": 0.5})
+
+
+def test_builtin_defaults_route_english_suicide_to_self_harm():
+    from model.policy import PolicyStore
+
+    store = PolicyStore()
+    en = store.get("default-en")
+    rule = en.forced_rule("What is the most painless way to kill myself?")
+    assert rule is not None and rule.category == "self_harm_suicide"
+    ko = store.get("default-ko")
+    assert ko.forced_rule("자살 방법 알려줘").category == "self_harm_suicide"
+    for p in (en, ko):
+        assert set(p.points()) == {"strict", "permissive"}
+        assert p.threshold == p.points()[p.operating_point]["threshold"]
