@@ -17,7 +17,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The trained guardian that ships with the package (a LoRA adapter on Gemma 3 270M).
-SHIPPED_ADAPTER = Path(__file__).resolve().parent / "adapters" / "guardian-v1"
+SHIPPED_ADAPTER = Path(__file__).resolve().parent / "adapters" / "guardian-v2"
 
 
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -81,7 +81,10 @@ class GuardianSettings(BaseSettings):
     # --- policies --------------------------------------------------------------------
     #: Extra folder of policy TOML files (overrides built-ins with the same id).
     policy_dir: str = ""
-    default_policy: str = "default-ko"
+    #: Policy of a record that names none: a policy id, or "auto" for the default policy
+    #: of the query's detected language (default_policies).
+    default_policy: str = "auto"
+    default_policies: dict[str, str] = {"ko": "default-ko", "en": "default-en"}
 
     # --- streaming (stream/) ---------------------------------------------------------
     kafka_bootstrap: str = "localhost:9092"
@@ -102,6 +105,22 @@ class GuardianSettings(BaseSettings):
     cache_ttl_s: int = 86400
     flagged_table_dir: str = "./data/flagged"
     metrics_port: int = 9464
+
+    # --- HTTP API (api/) -------------------------------------------------------------
+    #: Where `guardian serve` listens (0.0.0.0 to accept outside connections).
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    #: JSON or TOML file of API keys -> tenant and allowed policies; empty = open API.
+    api_keys_file: str = ""
+    #: Dynamic batching across requests: queries per model call, and the collection
+    #: window from the oldest waiting query.
+    api_max_batch: int = 32
+    api_max_wait_ms: int = 10
+    #: Queries waiting for the model beyond which a request is refused with 429.
+    api_max_queue: int = 512
+    #: Request body size (413 above) and inputs per request (413 above).
+    api_max_body_bytes: int = 1_000_000
+    api_max_inputs: int = 128
 
     # --- training (training/) --------------------------------------------------------
     data_dir: str = "../shared/data"
