@@ -56,6 +56,18 @@ def lower_states(model, batch_ids: torch.Tensor, mask: torch.Tensor, split: int)
     return captured["h"]
 
 
+def right_padded(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of a right-padded batch: with a causal model the real positions'
+    states do not depend on the padding after them, so they can be stored as computed."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s)
+        mask[r, : len(s)] = 1
+    return ids, mask
+
+
 def cache_key(base_name: str, split: int, sequences: list[list[int]], dtype: str) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([CACHE_FORMAT, base_name, split, dtype]).encode())
@@ -132,12 +144,7 @@ def build_prefix_cache(
             end += 1
         chunk = order[i:end]
         size = len(chunk)
-        width = max(len(sequences[j]) for j in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, j in enumerate(chunk):
-            ids[r, : len(sequences[j])] = torch.tensor(sequences[j])
-            mask[r, : len(sequences[j])] = 1
+        ids, mask = right_padded([sequences[j] for j in chunk], pad_id)
         ctx = autocast if autocast is not None else torch.autocast("cpu", enabled=False)
         with ctx:
             states = lower_states(model, ids.to(device), mask.to(device), split)

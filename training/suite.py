@@ -135,7 +135,7 @@ def probe_features(settings, texts: list[str], layer: int, progress: bool = True
 
     from model.loading import base_dir_for, load_token_map
     from model.prompt import build_prompt_ids
-    from training.prefix_cache import lower_states
+    from training.prefix_cache import lower_states, right_padded
 
     base = base_dir_for(settings)
     tok = AutoTokenizer.from_pretrained(str(base))
@@ -155,12 +155,7 @@ def probe_features(settings, texts: list[str], layer: int, progress: bool = True
                               enabled=settings.resolved_dtype() == torch.bfloat16)
     for k in tqdm(range(0, len(order), 64), disable=not progress, desc="probe features"):
         chunk = order[k : k + 64]
-        width = max(len(seqs[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, i in enumerate(chunk):
-            ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
-            mask[r, : len(seqs[i])] = 1
+        ids, mask = right_padded([seqs[i] for i in chunk], pad)
         with autocast:
             h = lower_states(model, ids, mask, layer).float()
         pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
