@@ -231,6 +231,29 @@ def training_autocast(device: str, settings: GuardianSettings):
     return contextlib.nullcontext()
 
 
+def make_optimizer(model, learning_rate: float, total_steps: int):
+    """AdamW over the trainable parameters, linear warm-up (5%) then linear decay to 5%."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    warm = max(1, total_steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1 - s / max(total_steps, 1))
+    )
+    return params, opt, sched
+
+
+def optimizer_step(loss, params, opt, sched) -> None:
+    import torch
+
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def load_for_training(settings: GuardianSettings, cfg: TrainConfig):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -298,13 +321,8 @@ def train(
 
     torch.manual_seed(cfg.seed)
     model, tokenizer, tokens, base, device = load_for_training(settings, cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     total = cfg.stage1_steps + cfg.stage2_steps
-    warm = max(1, total // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1 - s / max(total, 1))
-    )
+    params, opt, sched = make_optimizer(model, cfg.learning_rate, total)
     mixer = Mixer(
         rows, cfg.safe_unsafe_ratio, cfg.harm_fraction, responses, cfg.seed,
         language_balance=cfg.language_balance,
@@ -324,11 +342,7 @@ def train(
             ids, mask, labels = (t.to(device) for t in collate(batch, pad))
             with autocast:
                 loss = answer_loss(model, ids, mask, labels)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(loss, params, opt, sched)
             losses.append(float(loss.detach()))
             bar.set_postfix(stage=stage, loss=f"{losses[-1]:.3f}")
             bar.update(1)

@@ -27,14 +27,20 @@ import time
 from pathlib import Path
 
 from model.loading import assign_special_tokens, base_dir_for, load_token_map
-from model.prompt import build_prompt_ids, encode_user_text
+from model.prompt import build_answer_ids, build_prompt_ids
 from model.settings import GuardianSettings
 from model.taxonomy import CATEGORY_IDS
 from training.mix import curated_mix
-from training.prefix_cache import TopLayers, build_prefix_cache, decoder_of
+from training.prefix_cache import TopLayers, build_prefix_cache
+from training.train import (
+    FORCED_CATEGORY,
+    LORA_TARGETS,
+    make_optimizer,
+    optimizer_step,
+    training_autocast,
+)
+from training.train import save as save_folder
 
-FORCED_CATEGORY = "sensitive_topic"
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CHECKPOINT_FILE = "checkpoint.pt"
 RESPONSE_TOKENS = 80
 
@@ -42,7 +48,6 @@ RESPONSE_TOKENS = 80
 def encode_rows(tokenizer, tokens, rows: list[dict], cfg, responses) -> list[dict]:
     """Token sequences of the epoch's examples (and `<|harm|>` copies of some safe rows)."""
     rng = random.Random(cfg.seed)
-    eos = tokenizer.eos_token_id
     out = []
 
     def add(text, language, label, category, response, force_harm):
@@ -50,16 +55,14 @@ def encode_rows(tokenizer, tokens, rows: list[dict], cfg, responses) -> list[dic
             tokenizer, tokens, text, language=language, force_harm=force_harm,
             max_query_tokens=cfg.max_tokens,
         ).ids
-        ids = list(prompt)
-        has_resp = False
-        if label == "unsafe":
-            ids.append(tokens.unsafe)
-            if response:
-                body = encode_user_text(tokenizer, tokens, response)[:RESPONSE_TOKENS]
-                ids += [tokens.category(category), *body]
-                if eos is not None:
-                    ids.append(eos)
-                has_resp = True
+        has_resp = label == "unsafe" and bool(response)
+        if has_resp:  # label, category, response, eos: the answer format of model/prompt.py
+            ids = prompt + build_answer_ids(
+                tokenizer, tokens, label=label, category=category, response=response,
+                max_response_tokens=RESPONSE_TOKENS,
+            )
+        else:  # only the label and category positions are trained: no tokens after them
+            ids = prompt + ([tokens.unsafe] if label == "unsafe" else [])
         out.append(
             {
                 "ids": ids,
@@ -144,9 +147,6 @@ def train_cached(
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from training.train import save as save_folder
-    from training.train import training_autocast
-
     torch.manual_seed(cfg.seed)
     model, tokenizer, tokens, base, device, split = load_cached_model(settings, cfg)
     autocast = training_autocast(device, settings)
@@ -184,12 +184,7 @@ def train_cached(
     ]
     total = sum(p[2] for p in plan)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
-    warm = max(1, total // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1 - s / max(total, 1))
-    )
+    params, opt, sched = make_optimizer(model, cfg.learning_rate, total)
     losses: list[float] = []
     step = 0
     ckpt = _checkpoint_path(cfg)
@@ -246,9 +241,6 @@ def train_cached(
                     members, trunc, bs, cfg.seed * 1000 + epoch + (500 if multitask else 0)
                 )
                 batches_epoch = epoch
-            if k >= len(batches):
-                s += 1
-                continue
             batch = [examples[i] for i in batches[k]]
             n = [trunc[i] for i in batches[k]]
             width = max(n)
@@ -285,11 +277,7 @@ def train_cached(
                         pt = torch.tensor([b for _, b in pos], device=device)
                         logits = capped(model.get_output_embeddings()(h[pr, pt]))
                         loss = loss + F.cross_entropy(logits, torch.tensor(tgt, device=device))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(loss, params, opt, sched)
             losses.append(float(loss.detach()))
             step += 1
             s += 1
@@ -331,5 +319,3 @@ def train_cached(
     info["out_dir"] = cfg.out_dir
     return info
 
-
-__all__ = ["train_cached", "decoder_of"]
