@@ -182,28 +182,24 @@ class Engine:
             if i in categories:
                 verdict.category = categories[i]
                 verdict.reason = "category_allowed"
-            if i in blocked and policy.response_mode != "generate":
+            if i in blocked:
                 verdict.label = "unsafe"
                 verdict.reason = "forced_harm" if plan.forced_by else "score"
+                # response by the policy's mode; nothing decoded with max_new_tokens=0 or "none"
                 if policy.response_mode == "template":
                     verdict.response = stock_response(
                         categories[i], plan.response_language, plan.query.text
                     )
                     verdict.response_language = plan.response_language
-            elif self.max_new_tokens <= 0 and i in blocked:  # label-and-category-only mode
-                verdict.label = "unsafe"
-                verdict.reason = "forced_harm" if plan.forced_by else "score"
-            elif i in generated:
-                parsed = parse_continuation(
-                    self.tokenizer,
-                    self.tokens,
-                    [self.tokens.category(categories[i]), *generated[i]],
-                    label_given="unsafe",
-                )
-                verdict.label = "unsafe"
-                verdict.reason = "forced_harm" if plan.forced_by else "score"
-                verdict.response = parsed.response
-                verdict.response_language = plan.response_language
-                verdict.error = parsed.error
+                elif i in generated:
+                    parsed = parse_continuation(
+                        self.tokenizer,
+                        self.tokens,
+                        [self.tokens.category(categories[i]), *generated[i]],
+                        label_given="unsafe",
+                    )
+                    verdict.response = parsed.response
+                    verdict.response_language = plan.response_language
+                    verdict.error = parsed.error
             verdicts.append(verdict)
         return verdicts
