@@ -168,7 +168,7 @@ async def _send_json(send, status: int, body: dict, headers: dict[str, str] | No
 def load_config(settings: GuardianSettings) -> tuple[PolicyStore, KeyStore]:
     """The policy store and key store; fails at start, not on the first request, for a
     policy id (default or a tenant's) that no policy file has."""
-    store = PolicyStore(settings.policy_dir or None, by_language=settings.default_policies)
+    store = PolicyStore.from_settings(settings)
     keys = KeyStore.from_file(settings.api_keys_file or None)
     known = set(store.ids())
     refs = [("GUARDIAN_DEFAULT_POLICY", settings.default_policy)]

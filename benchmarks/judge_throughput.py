@@ -85,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = GuardianSettings()
-    store = PolicyStore(settings.policy_dir or None)
+    store = PolicyStore.from_settings(settings)
     policy = store.resolve(args.policy)
     label_only = policy_from_dict({"id": "label-only", "version": "1", "threshold": 1.0})
     t0 = time.perf_counter()

@@ -125,8 +125,8 @@ async def naive(settings: GuardianSettings, n: int, topic_in: str, topic_out: st
     from model.policy import PolicyStore
 
     backend = create_backend(settings)
-    policy = PolicyStore(None).get(settings.default_policy)
-    backend.judge([Query("warm", "warm up")], policy)
+    store = PolicyStore.from_settings(settings)
+    backend.judge([Query("warm", "warm up")], store.for_text(settings.default_policy, "warm up"))
     loop = asyncio.get_running_loop()
     c = AIOKafkaConsumer(topic_in, bootstrap_servers=settings.kafka_bootstrap,
                          group_id=f"naive-{uuid.uuid4().hex[:6]}", enable_auto_commit=False,
@@ -140,7 +140,9 @@ async def naive(settings: GuardianSettings, n: int, topic_in: str, topic_out: st
         async for m in c:
             rec = json.loads(m.value)
             v = (await loop.run_in_executor(None, backend.judge,
-                                            [Query(rec["id"], rec["text"])], policy))[0]
+                                            [Query(rec["id"], rec["text"])],
+                                            store.for_text(settings.default_policy,
+                                                           rec["text"])))[0]
             await p.send_and_wait(topic_out, key=m.key, value=v.to_json().encode())
             await c.commit()
             done += 1

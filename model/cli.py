@@ -20,7 +20,7 @@ from model.settings import GuardianSettings
 
 
 def _store(settings: GuardianSettings) -> PolicyStore:
-    return PolicyStore(settings.policy_dir or None, by_language=settings.default_policies)
+    return PolicyStore.from_settings(settings)
 
 
 def _cmd_judge(args: argparse.Namespace) -> int:

@@ -96,6 +96,11 @@ def _fail(source: str, msg: str) -> PolicyError:
     return PolicyError(f"policy {source}: {msg}")
 
 
+def _is_unit(value) -> bool:
+    """A number (not a bool) between 0 and 1: thresholds, margins, dev figures."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
+
+
 def policy_from_dict(data: dict, source: str = "<dict>") -> Policy:
     """Validate a parsed policy document; every problem names the file and the key."""
     known = {
@@ -127,7 +132,7 @@ def policy_from_dict(data: dict, source: str = "<dict>") -> Policy:
     threshold = data.get("threshold", 0.5)
     margin = data.get("near_threshold_margin", 0.15)
     for key, value in (("threshold", threshold), ("near_threshold_margin", margin)):
-        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+        if not _is_unit(value):
             raise _fail(source, f"'{key}' must be a number between 0 and 1")
     lang = data.get("response_language", "auto")
     if lang != "auto" and lang not in SUPPORTED_LANGUAGES:
@@ -164,17 +169,17 @@ def policy_from_dict(data: dict, source: str = "<dict>") -> Policy:
         if not isinstance(vals, dict) or "threshold" not in vals:
             raise _fail(source, f"operating_points.{name} needs a threshold")
         for key, value in vals.items():
-            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+            if not _is_unit(value):
                 raise _fail(source, f"operating_points.{name}.{key} must be between 0 and 1")
         points.append((str(name), tuple((k, float(v)) for k, v in vals.items())))
     point = data.get("operating_point", "")
     if point:
-        match = dict(points).get(point)
-        if match is None:
+        if point not in raw_points:
             raise _fail(source, f"operating_point {point!r} is not in operating_points")
-        if "threshold" in data and abs(float(threshold) - dict(match)["threshold"]) > 1e-9:
+        chosen = float(raw_points[point]["threshold"])
+        if "threshold" in data and abs(float(threshold) - chosen) > 1e-9:
             raise _fail(source, f"threshold differs from operating point {point!r}: give one")
-        threshold = dict(match)["threshold"]
+        threshold = chosen
     return Policy(
         id=data["id"].strip(),
         version=data["version"].strip(),
@@ -235,6 +240,11 @@ class PolicyStore:
             raise PolicyError(
                 f"unknown policy {policy_id!r}; known: {', '.join(self.ids())}"
             ) from None
+
+    @classmethod
+    def from_settings(cls, settings) -> PolicyStore:
+        """The built-ins, GUARDIAN_POLICY_DIR and the language defaults of the settings."""
+        return cls(settings.policy_dir or None, by_language=settings.default_policies)
 
     def for_text(self, ref: str | None, text: str) -> Policy:
         """The policy a record gets: the one it names, or with `auto` (or nothing) the

@@ -69,8 +69,7 @@ class Pipeline:
         self.app = app
         self.settings = settings
         self.backend = backend
-        self.policies = PolicyStore(settings.policy_dir or None,
-                                    by_language=settings.default_policies)
+        self.policies = PolicyStore.from_settings(settings)
         self.cache = VerdictCache(settings.redis_url, settings.cache_ttl_s)
         self.sink = FlaggedSink(settings.flagged_table_dir)
         self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="guardian-model")

@@ -374,15 +374,17 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def response_check(backend, rows: list[Row], policy_for, n: int = 200, seed: int = 0) -> dict:
+def response_check(backend, rows: list[Row], n: int = 200, seed: int = 0) -> dict:
+    """Decode the model's own responses (every category blocked, any score) for a sample of
+    unsafe rows: present, in the query's language, and how often one repeats verbatim."""
     from model.language import detect_language
 
     unsafe = [r for r in rows if r.label == "unsafe"]
     pick = random.Random(seed).sample(unsafe, min(n, len(unsafe)))
+    pol = policy_from_dict({**PLAIN_POLICY, "threshold": 0.0})
     verdicts = []
     for i in range(0, len(pick), 16):
         chunk = pick[i : i + 16]
-        pol = policy_from_dict({**PLAIN_POLICY, "threshold": 0.0})
         verdicts += backend.judge([Query(str(j), r.text) for j, r in enumerate(chunk)], pol)
     with_resp = [(r, v) for r, v in zip(pick, verdicts) if v.response]
     lang_ok = sum(detect_language(v.response) == r.language for r, v in with_resp)
@@ -457,7 +459,7 @@ def run_suite(
             book.save()
         books["probe"] = book.scores
 
-    store = PolicyStore(settings.policy_dir or None, by_language=settings.default_policies)
+    store = PolicyStore.from_settings(settings)
     points = {lang: choose_points(books[candidate], dev, lang, fpr_limits) for lang in ("ko", "en")}
     # each language's default policy at its dev "strict" point: the policy the card ships
     policies = {
@@ -499,14 +501,13 @@ def run_suite(
             if model == candidate:
                 result["confusion"][lang] = confusion_matrix(yt, yp, tc, pc)
     if responses and candidate in backends:
-        result["responses"] = response_check(backends[candidate], test, policy_for, responses)
+        result["responses"] = response_check(backends[candidate], test, responses)
     result["note"] = (
         f"Sets: held-out sources (at most {heldout_cap} rows each), the test split of every "
         f"other source (at most {test_cap} each); operating points from the dev split (at "
         f"most {dev_cap} per source). Models: {', '.join(books)}."
     )
-    slim = json.loads(json.dumps(result))
-    (out / "suite.json").write_text(json.dumps(slim, indent=1, ensure_ascii=False) + "\n")
+    (out / "suite.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     (out / "EVAL.md").write_text(markdown(result), encoding="utf-8")
     plot(result, out / "pr_curves.png")
     return result
