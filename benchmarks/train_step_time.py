@@ -15,7 +15,6 @@ import argparse
 import json
 import random
 import tempfile
-import time
 
 from model.settings import GuardianSettings
 from training.seeds import ResponseBank, default_seed_dir
@@ -103,7 +102,6 @@ def main() -> None:
                 ),
             })
         print(json.dumps(out, indent=1))
-    time.sleep(0)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from model.taxonomy import CATEGORY_IDS
 from training.decontaminate import default_heldout_file, is_contaminated, load_fingerprints
 from training.dedupe import find_duplicates, stable_hash
 from training.mapping import mapping_markdown
-from training.seeds import ResponseBank, default_seed_dir, read_seed_examples
+from training.seeds import TEACHER_SOURCES, ResponseBank, default_seed_dir, read_seed_examples
 from training.sources import EXCLUDED_FILES, RawExample, read_public
 
 COLUMNS = (
@@ -66,11 +66,7 @@ def curate(
     examples: list[RawExample], responses: ResponseBank, test_fraction: float
 ) -> tuple[list[dict], dict]:
     """Dedupe, split and attach responses. Returns rows and dedupe/conflict counts."""
-    priority = {
-        "seed_harmful": 0, "seed_lookalike": 0, "seed_everyday": 0, "synth_harmful": 0,
-        "synth_lookalike": 0,
-    }
-    ordered = sorted(range(len(examples)), key=lambda i: priority.get(examples[i].source, 1))
+    ordered = sorted(range(len(examples)), key=lambda i: examples[i].source not in TEACHER_SOURCES)
     ex = [examples[i] for i in ordered]
     keep_of = find_duplicates([e.text for e in ex])
     removed: Counter = Counter()
@@ -142,9 +138,10 @@ def compute_stats(rows: list[dict], extra: dict) -> dict:
                 "category": c,
                 "language": lang,
                 "unsafe_train": thin_counts[(c, lang)],
-                "lookalike_train": by["train/lookalike_category_language"].get(key, 0),
+                "lookalike_train": by.get("train/lookalike_category_language", {}).get(key, 0),
                 "paired_responses": sum(
-                    by[f"{s}/paired_response_category_language"].get(key, 0) for s in SPLITS
+                    by.get(f"{s}/paired_response_category_language", {}).get(key, 0)
+                    for s in SPLITS
                 ),
             })
     return {
@@ -281,7 +278,7 @@ def build(
     from training.diversity import report as diversity_report
 
     extra["seed_diversity"] = diversity_report(
-        [r for r in rows if r["source"].startswith(("seed_", "synth_"))]
+        [r for r in rows if r["source"] in TEACHER_SOURCES]
     )
     extra["decontaminated"] = dict(dropped)
     extra["heldout_fingerprints"] = len(fingerprints)

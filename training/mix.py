@@ -9,6 +9,7 @@ same on every machine and after every resume.
 from __future__ import annotations
 
 from training.dedupe import stable_hash
+from training.seeds import TEACHER_SOURCES
 
 #: Rows per source kept in one epoch (sources not listed: all). Seeds are never capped.
 DEFAULT_CAPS: dict[str, int] = {
@@ -26,8 +27,6 @@ DEFAULT_CAPS: dict[str, int] = {
 }
 #: Seed rows (written for the gaps) appear this many times per epoch.
 SEED_REPEAT = 2
-SEED_SOURCES = ("seed_harmful", "seed_lookalike", "seed_everyday", "synth_harmful",
-                "synth_lookalike")
 
 
 def curated_mix(
@@ -41,7 +40,7 @@ def curated_mix(
         by_source.setdefault(r["source"], []).append(r)
     out: list[dict] = []
     for source, items in sorted(by_source.items()):
-        if source in SEED_SOURCES:
+        if source in TEACHER_SOURCES:
             out.extend(items * max(1, seed_repeat))
             continue
         cap = caps.get(source)

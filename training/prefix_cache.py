@@ -13,6 +13,7 @@ still builds the attention masks and rotary embeddings exactly as it does at inf
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -129,7 +130,7 @@ def build_prefix_cache(
     path = cache_dir / f"prefix-{key}.safetensors"
     if path.is_file():
         return PrefixCache.load(path)
-    hidden = model.config.hidden_size if hasattr(model.config, "hidden_size") else None
+    hidden = model.config.hidden_size
     lengths = torch.tensor([len(s) for s in sequences])
     offsets = torch.zeros(len(sequences) + 1, dtype=torch.long)
     offsets[1:] = torch.cumsum(lengths, 0)
@@ -143,16 +144,14 @@ def build_prefix_cache(
         while end < len(order) and (end + 1 - i) * len(sequences[order[end]]) <= batch_tokens:
             end += 1
         chunk = order[i:end]
-        size = len(chunk)
         ids, mask = right_padded([sequences[j] for j in chunk], pad_id)
-        ctx = autocast if autocast is not None else torch.autocast("cpu", enabled=False)
-        with ctx:
+        with autocast if autocast is not None else contextlib.nullcontext():
             states = lower_states(model, ids.to(device), mask.to(device), split)
         states = states.to("cpu", torch.bfloat16)
         for r, j in enumerate(chunk):
             flat[offsets[j] : offsets[j + 1]] = states[r, : len(sequences[j])]
         bar.update(len(chunk))
-        i += size
+        i = end
     bar.close()
     cache = PrefixCache(flat, offsets)
     cache.save(path)

@@ -14,6 +14,11 @@ HARMFUL_FILE = "harmful_questions.jsonl"
 #: Later rounds: one file per slice, every row {"text","language","label","category","kind",
 #: "response"?}; "kind" lookalike / everyday marks the two kinds of benign row.
 ROUND_GLOB = "round*/*.jsonl"
+#: Sources of rows written in the teacher's role (here, or by `data synth`): they win
+#: duplicate clusters in the build and are never capped in the training mix.
+TEACHER_SOURCES = (
+    "seed_harmful", "seed_lookalike", "seed_everyday", "synth_harmful", "synth_lookalike",
+)
 LOOKALIKE_FILE = "lookalike_questions.jsonl"
 RESPONSES_FILE = "safety_responses.jsonl"
 

@@ -102,9 +102,10 @@ def read_square(path: Path) -> Iterator[RawExample]:
             yield ex
 
 
-def read_kosbi(path: Path) -> Iterator[RawExample]:
+def read_kosbi(path: Path, source: str = "kosbi") -> Iterator[RawExample]:
+    """KoSBi sentences (the valid split, or the seed set under source "kosbi_demo")."""
     for row in json.loads(path.read_text(encoding="utf-8")):
-        ex = _mapped("kosbi", row["sentence_label"], row.get("sentence", ""), "ko")
+        ex = _mapped(source, row["sentence_label"], row.get("sentence", ""), "ko")
         if ex:
             yield ex
 
@@ -307,13 +308,6 @@ def read_square_demo(path: Path) -> Iterator[RawExample]:
             yield ex
 
 
-def read_kosbi_demo(path: Path) -> Iterator[RawExample]:
-    for row in json.loads(path.read_text(encoding="utf-8")):
-        ex = _mapped("kosbi_demo", row["sentence_label"], row.get("sentence", ""), "ko")
-        if ex:
-            yield ex
-
-
 #: (relative path, reader). hh_rlhf is deliberately absent: it has no per-request labels.
 SOURCE_FILES: tuple[tuple[str, object], ...] = (
     ("en/openai_moderation_samples-1680.jsonl.gz", read_openai_moderation),
@@ -346,7 +340,7 @@ SOURCE_FILES: tuple[tuple[str, object], ...] = (
     ("ko/multijail.csv", read_multijail),
     ("ko/chatbotdata.csv", read_chatbotdata),
     ("ko/square_question_demo_iter0.json", read_square_demo),
-    ("ko/kosbi_sentence_demo_iter0.json", read_kosbi_demo),
+    ("ko/kosbi_sentence_demo_iter0.json", lambda path: read_kosbi(path, "kosbi_demo")),
 )
 #: Public files read elsewhere (square_response_demo: the responses of square_demo).
 COMPANION_FILES = {"ko/square_response_demo_iter0.json": "responses of square_demo questions"}
