@@ -30,6 +30,19 @@ KAFKA_VERSION = os.environ.get("GUARDIAN_KAFKA_VERSION", "3.9.1")
 SLF4J_VERSION = "1.7.36"
 
 
+
+def kraft_cluster_id() -> str:
+    """A KRaft cluster id: a base64url uuid without padding, as `kafka-storage random-uuid` prints.
+
+    One in 64 such strings starts with '-', which the storage tool's argument parser reads
+    as an option ("--cluster-id: expected one argument"); Kafka's own Uuid.randomUuid
+    draws again in that case, and so do we.
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
 class ServiceError(RuntimeError):
     """A service could not be started; the message says why."""
 
@@ -159,8 +172,7 @@ class KafkaBroker:
         (self.dir / "log4j.properties").write_text(_LOG4J)
         java = ["java", "-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                 f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}", "-cp", cp]
-        # a KRaft cluster id is a base64url uuid without padding (what `random-uuid` prints)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = kraft_cluster_id()
         fmt = subprocess.run(
             java + ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
             capture_output=True, text=True, timeout=120,
