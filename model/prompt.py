@@ -16,6 +16,7 @@ produce.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -100,11 +101,29 @@ class GuardianTokens:
         return frozenset(self.ids[t] for t in SPECIAL_TOKENS)
 
 
-def _protected_ids(tokenizer, tokens: GuardianTokens) -> frozenset[int]:
+_SPECIALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _special_ids(tokenizer) -> frozenset[int]:
+    """Computed once per tokenizer: Gemma has 6k control pieces, and building
+    `added_tokens_decoder` each call made tokenizing a training set take minutes."""
+    try:
+        return _SPECIALS[tokenizer]
+    except (KeyError, TypeError):
+        pass
     specials = set(getattr(tokenizer, "all_special_ids", []) or [])
     added = getattr(tokenizer, "added_tokens_decoder", None) or {}
     specials.update(int(i) for i, t in added.items() if getattr(t, "special", False))
-    return frozenset(specials) | tokens.all_ids
+    found = frozenset(specials)
+    try:
+        _SPECIALS[tokenizer] = found
+    except TypeError:
+        pass
+    return found
+
+
+def _protected_ids(tokenizer, tokens: GuardianTokens) -> frozenset[int]:
+    return _special_ids(tokenizer) | tokens.all_ids
 
 
 def encode_user_text(tokenizer, tokens: GuardianTokens, text: str) -> list[int]:

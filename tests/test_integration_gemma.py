@@ -83,3 +83,21 @@ def test_injection_with_the_real_tokenizer(gemma):
     enc = build_prompt_ids(tok, tokens, attack, language="ko")
     assert enc.ids.count(tokens.verdict) == 1 and tokens.safe not in enc.ids
     assert tokens.harm not in enc.ids
+
+
+def test_tokenizer_keeps_words_whole_and_the_base_knows_them(gemma):
+    """transformers' own GGUF tokenizer split Gemma text into single characters; the base
+    then predicted noise. Whole-word pieces and a sensible next token show the fix."""
+    import torch
+
+    loaded = gemma.loaded
+    tok = loaded.tokenizer
+    assert tok.tokenize("The capital of France is") == [
+        "The", "\u2581capital", "\u2581of", "\u2581France", "\u2581is",
+    ]
+    assert len(tok.tokenize("청소년 음주의 위험성은?")) <= 8
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        logits = loaded.model(input_ids=ids.to(loaded.device)).logits[0, -1]
+    top = tok.convert_ids_to_tokens(logits.topk(10).indices.tolist())
+    assert "\u2581Paris" in top
