@@ -276,6 +276,43 @@ async def ensure_topics(settings: GuardianSettings) -> list[str]:
     return created
 
 
+async def wait_broker_ready(settings: GuardianSettings, group: str, timeout: float = 60.0) -> None:
+    """Create the topics, then wait until each has a leader and the group's coordinator answers.
+
+    Why: on a fresh broker, a worker that joins before `__consumer_offsets` exists and before
+    the topics have leaders logs aiokafka ERROR lines (group coordinator not available, topic
+    not in metadata) and retries; a first run should show none. Raises TimeoutError with what
+    was still missing.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    await ensure_topics(settings)
+    names = {settings.topic_queries, settings.topic_verdicts, settings.topic_responses,
+             settings.topic_flagged, settings.topic_dlq}
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
+                                request_timeout_ms=5000)
+    await admin.start()
+    deadline = time.monotonic() + timeout
+    waiting = "topic leaders"
+    try:
+        while time.monotonic() < deadline:
+            try:
+                described = await admin.describe_topics(sorted(names))
+                led = {t["topic"] for t in described if t.get("error_code", 0) == 0
+                       and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])}
+                if led != names:
+                    waiting = f"topic leaders for {sorted(names - led)}"
+                    raise RuntimeError(waiting)
+                waiting = f"the coordinator of group {group}"
+                await admin.find_coordinator(group)
+                return
+            except Exception:  # noqa: BLE001 - not ready yet: ask again
+                await asyncio.sleep(0.5)
+        raise TimeoutError(f"broker not ready after {timeout:.0f}s: waiting for {waiting}")
+    finally:
+        await admin.close()
+
+
 def create_app(settings: GuardianSettings | None = None, backend=None) -> faust.App:
     """Build the Faust app for `settings` (one app per process; tests build their own)."""
     settings = settings or GuardianSettings()

@@ -141,6 +141,7 @@ async def _consume_verdicts(settings: GuardianSettings, ids: set[str], timeout: 
 
 def cmd_demo(args) -> int:
     """Start Kafka and Redis with stream.services (the test scripts), a worker, stream samples."""
+    from stream.app import wait_broker_ready
     from stream.services import KafkaBroker, RedisServer
 
     samples = _demo_samples(Path(args.file))
@@ -153,6 +154,7 @@ def cmd_demo(args) -> int:
                    GUARDIAN_METRICS_PORT=os.environ.get("GUARDIAN_METRICS_PORT", "0"))
         settings = GuardianSettings(kafka_bootstrap=kafka.bootstrap, redis_url=redis.url,
                                     app_id=app_id)
+        asyncio.run(wait_broker_ready(settings, app_id))
         worker = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker",
                                    "--loglevel", "warning"], env=env)
         try:
