@@ -48,6 +48,7 @@ from stream.schemas import (
     UNKNOWN_POLICY,
     QueryMessage,
     Rejection,
+    dlq_key,
     dlq_record,
     flagged_record,
     response_record,
@@ -208,7 +209,7 @@ class Pipeline:
             msg = ev.message
             rec = dlq_record(rej, ev.value, ev.key, topic=msg.topic, partition=msg.partition,
                              offset=msg.offset, timestamp=msg.timestamp)
-            key = (rej.id.encode("utf-8") if rej.id else ev.key) or None
+            key = dlq_key(rej, ev.key)
             sends.append(await self.t_dlq.send(key=key, value=_dumps(rec), force=True))
             metrics.DLQ.labels(rej.reason).inc()
         # at-least-once: wait for the broker to acknowledge every output before acking input

@@ -12,12 +12,14 @@ Topics (names come from settings, `GUARDIAN_TOPIC_*`); every value is UTF-8 JSON
 - responses unsafe only: {schema_version, id, response, category, language}, key = id.
 - flagged   unsafe and near-threshold verdicts with the query text (see `flagged_record`).
 - dlq       every input that could not be judged: {schema_version, reason, detail, id?,
-            raw_b64, key_b64, source: {topic, partition, offset, timestamp}, failed_at}.
+            raw_b64, key_b64, source: {topic, partition, offset, timestamp}, failed_at,
+            raw_truncated?/key_truncated?: {size, sha256, kept} when the bytes were cut}.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -127,22 +129,59 @@ def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(bytes(data)).decode("ascii")
 
 
+#: Bytes of an input's value kept in its DLQ record (base64 adds a third: ~350 KB, well under
+#: Kafka's default 1 MB request limit); keys and ids are cut far shorter.
+DLQ_MAX_RAW_BYTES = 256 * 1024
+DLQ_MAX_KEY_BYTES = 1024
+DLQ_MAX_DETAIL_CHARS = 2000
+
+
+def _cut(data: bytes | None, limit: int) -> tuple[bytes | None, dict[str, Any] | None]:
+    """The first `limit` bytes, and what a reader needs to know that the rest is missing."""
+    if data is None or len(data) <= limit:
+        return data, None
+    data = bytes(data)
+    return data[:limit], {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                          "kept": limit}
+
+
 def dlq_record(
     rejection: Rejection, raw: bytes | None, key: bytes | None, *, topic: str, partition: int,
-    offset: int, timestamp: float | None = None,
+    offset: int, timestamp: float | None = None, max_raw_bytes: int = DLQ_MAX_RAW_BYTES,
 ) -> dict[str, Any]:
-    """One DLQ value: the exact bytes (base64) so the record can be repaired and replayed."""
-    return {
+    """One DLQ value: the exact bytes (base64) so the record can be repaired and replayed.
+
+    A value too big to fit in a DLQ record (its send would fail with MessageSizeTooLarge and
+    stall the batch) keeps its first `max_raw_bytes` and says so in `raw_truncated`, with
+    the full size and sha256; an oversized key or id likewise.
+    """
+    raw_kept, raw_cut = _cut(raw, max_raw_bytes)
+    key_kept, key_cut = _cut(key, DLQ_MAX_KEY_BYTES)
+    rid = rejection.id
+    if rid is not None and len(rid) > DLQ_MAX_KEY_BYTES:
+        rid = rid[:DLQ_MAX_KEY_BYTES]
+    rec = {
         "schema_version": SCHEMA_VERSION,
         "reason": rejection.reason,
-        "detail": rejection.detail,
-        "id": rejection.id,
-        "raw_b64": _b64(raw),
-        "key_b64": _b64(key),
+        "detail": rejection.detail[:DLQ_MAX_DETAIL_CHARS],
+        "id": rid,
+        "raw_b64": _b64(raw_kept),
+        "key_b64": _b64(key_kept),
         "source": {"topic": topic, "partition": partition, "offset": offset,
                    "timestamp": timestamp},
         "failed_at": time.time(),
     }
+    if raw_cut:
+        rec["raw_truncated"] = raw_cut
+    if key_cut:
+        rec["key_truncated"] = key_cut
+    return rec
+
+
+def dlq_key(rejection: Rejection, key: bytes | None) -> bytes | None:
+    """The DLQ record's key: the input's id where it has one, else its key; never oversized."""
+    out = rejection.id.encode("utf-8") if rejection.id else key
+    return bytes(out)[:DLQ_MAX_KEY_BYTES] if out else None
 
 
 def response_record(verdict: dict[str, Any]) -> dict[str, Any]:

@@ -142,10 +142,12 @@ def settings_from(env: dict[str, str]):
                                if k in GuardianSettings.model_fields})
 
 
-async def _send_raw(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]]):
+async def _send_raw(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]],
+                    compression: str | None = None):
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                compression_type=compression)
     await producer.start()
     try:
         futs = [await producer.send(topic, value=v, key=k) for k, v in items]
@@ -154,8 +156,9 @@ async def _send_raw(bootstrap: str, topic: str, items: list[tuple[bytes | None, 
         await producer.stop()
 
 
-def send_raw(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]]) -> None:
-    asyncio.run(_send_raw(bootstrap, topic, items))
+def send_raw(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]],
+             compression: str | None = None) -> None:
+    asyncio.run(_send_raw(bootstrap, topic, items, compression))
 
 
 async def _collect(bootstrap, topics, done, timeout):

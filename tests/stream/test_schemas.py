@@ -68,6 +68,26 @@ def test_dlq_record_keeps_raw_bytes():
     json.dumps(rec)
 
 
+def test_dlq_record_of_an_oversized_input_fits_the_producer_limit():
+    import hashlib
+
+    raw = json.dumps({"id": "big", "text": "x" * 1_200_000}).encode()
+    huge_id = "i" * 50_000
+    rec = s.dlq_record(s.Rejection(s.TOO_LONG, "d" * 10_000, id=huge_id), raw, huge_id.encode(),
+                       topic="t", partition=0, offset=1)
+    value = json.dumps(rec).encode()
+    assert len(value) < 1_000_000  # Kafka's default max.request.size is 1 MB
+    kept = base64.b64decode(rec["raw_b64"])
+    assert kept == raw[: s.DLQ_MAX_RAW_BYTES]
+    assert rec["raw_truncated"] == {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
+                                    "kept": s.DLQ_MAX_RAW_BYTES}
+    assert rec["key_truncated"]["size"] == 50_000 and len(rec["id"]) == s.DLQ_MAX_KEY_BYTES
+    assert len(s.dlq_key(s.Rejection(s.TOO_LONG, "", id=huge_id), None)) == s.DLQ_MAX_KEY_BYTES
+    small = s.dlq_record(s.Rejection(s.NOT_JSON, "x"), b"{", b"k", topic="t", partition=0,
+                         offset=2)
+    assert "raw_truncated" not in small and "key_truncated" not in small
+
+
 def test_flagged_record_columns():
     rec = s.flagged_record({"id": "a", "label": "unsafe", "unsafe_score": 0.9}, "t",
                            near_threshold=False, topic="q", partition=0, offset=1)

@@ -177,3 +177,23 @@ def test_redis_stopped_mid_run_verdicts_keep_flowing(stream_env, start_worker,
         assert want <= {v["id"] for v in out[vt]}
     finally:
         redis.stop()
+
+
+@pytest.mark.timeout(120)
+def test_records_of_every_codec_are_judged(stream_env, start_worker, kafka_bootstrap):
+    """A producer may compress with any codec Kafka has; a worker lacking one used to crash
+    (UnsupportedCodecError) and take the other records of its fetch with it."""
+    env = stream_env
+    vt = env["GUARDIAN_TOPIC_VERDICTS"]
+    worker = start_worker(env)
+    want = set()
+    for codec in (None, "gzip", "snappy", "lz4", "zstd"):
+        items = _valid(12, f"codec-{codec or 'none'}")
+        send_raw(kafka_bootstrap, env["GUARDIAN_TOPIC_QUERIES"], items, compression=codec)
+        want |= {k.decode() for k, _ in items}
+    out = collect(kafka_bootstrap, [vt], lambda o: want <= {v["id"] for v in o[vt]},
+                  timeout=90)
+    got = [v["id"] for v in out[vt] if v["id"] in want]
+    assert set(got) == want, f"missing {sorted(want - set(got))[:5]}:\n{worker.tail()}"
+    assert len(got) == len(want)  # one verdict each
+    assert worker.alive()
