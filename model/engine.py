@@ -1,7 +1,8 @@
 """Backend-independent judging: prompts, policy decisions and verdict records.
 
 A backend supplies three primitives over token ids (label scores from one forward pass,
-the category token after `<|unsafe|>`, greedy decoding of the response); everything that
+the category token after `<|unsafe|>`, greedy decoding of the response), and may supply
+`label_and_category`, both from one pass; everything that
 decides what a verdict says lives here, so transformers and vLLM cannot drift apart.
 """
 
@@ -120,7 +121,11 @@ class Engine:
             return []
         t0 = time.perf_counter()
         plans = [self.plan(q, policy) for q in queries]
-        scores = self.runner.label_scores([p.prompt for p in plans])
+        one_pass = getattr(self.runner, "label_and_category", None)
+        if one_pass is not None:
+            scores, every_pick = one_pass([p.prompt for p in plans])
+        else:
+            scores = self.runner.label_scores([p.prompt for p in plans])
         t_label = time.perf_counter()
 
         candidates = [
@@ -128,10 +133,13 @@ class Engine:
         ]
         categories: dict[int, str | None] = {}
         if candidates:
-            picked = self.runner.pick_tokens(
-                [plans[i].prompt + [self.tokens.unsafe] for i in candidates],
-                self.tokens.category_ids,
-            )
+            if one_pass is not None:
+                picked = [every_pick[i] for i in candidates]
+            else:
+                picked = self.runner.pick_tokens(
+                    [plans[i].prompt + [self.tokens.unsafe] for i in candidates],
+                    self.tokens.category_ids,
+                )
             categories = {
                 # a force-harm rule that names a category reports it, not the model's pick
                 i: plans[i].forced_category or self.tokens.category_of(t)

@@ -81,7 +81,7 @@ def test_labels_only_mode_never_decodes(tiny_backend):
         engine.max_new_tokens = saved
         counter.close()
     assert counter.generates == 0
-    assert counter.forwards == 2  # label pass + category pass, one batch each
+    assert counter.forwards == 1  # label and category from one pass over prompt + <|unsafe|>
     for v in verdicts:
         assert v.label == "unsafe" and v.reason == "score" and v.category
         assert v.response is None and v.error is None
@@ -110,3 +110,16 @@ def test_batch_order_is_preserved_across_chunks(tiny_backend):
     assert [v.id for v in verdicts] == [q.id for q in many]
     singles = [tiny_backend.judge([q], NEVER_UNSAFE)[0].unsafe_score for q in many[:3]]
     assert singles == pytest.approx([v.unsafe_score for v in verdicts[:3]], abs=1e-4)
+
+
+def test_one_pass_label_and_category_match_the_two_pass_reading(tiny_backend):
+    """prompt + <|unsafe|> in one pass: the label position is the causal prefix's, and the
+    category is the one a separate pass after <|unsafe|> picks."""
+    loaded, runner = tiny_backend.loaded, tiny_backend.runner
+    prompts = [build_prompt_ids(loaded.tokenizer, loaded.tokens, q.text, language="en").ids
+               for q in QUERIES]
+    scores, cats = runner.label_and_category(prompts)
+    assert scores == pytest.approx(runner.label_scores(prompts), abs=1e-4)
+    two_pass = runner.pick_tokens([p + [loaded.tokens.unsafe] for p in prompts],
+                                  loaded.tokens.category_ids)
+    assert cats == two_pass

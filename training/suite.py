@@ -106,10 +106,16 @@ def score_with_backend(backend, texts: list[str], book: ScoreBook, *, batch: int
     for i in range(0, len(todo), batch):
         chunk = todo[i : i + batch]
         plans = [engine.plan(Query(str(j), t), policy) for j, t in enumerate(chunk)]
-        scores = runner.label_scores([p.prompt for p in plans])
-        need = [j for j, s in enumerate(scores) if s >= CATEGORY_FLOOR]
+        one_pass = getattr(runner, "label_and_category", None)
         cats: dict[int, str | None] = {}
-        if need:
+        if one_pass is not None:
+            scores, picks = one_pass([p.prompt for p in plans])
+            need = [j for j, s in enumerate(scores) if s >= CATEGORY_FLOOR]
+            cats = {j: tokens.category_of(picks[j]) for j in need}
+        else:
+            scores = runner.label_scores([p.prompt for p in plans])
+            need = [j for j, s in enumerate(scores) if s >= CATEGORY_FLOOR]
+        if need and one_pass is None:
             picked = runner.pick_tokens(
                 [plans[j].prompt + [tokens.unsafe] for j in need], tokens.category_ids
             )

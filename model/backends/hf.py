@@ -46,26 +46,48 @@ class TransformersRunner:
         for start in range(0, n, self.batch_size):
             yield order[start:start + self.batch_size]
 
+    def _project(self, hidden: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
+        """Logits of only `token_ids` (the output head's rows), softcapped like the model's."""
+        logits = hidden @ self.head.weight[token_ids].T
+        if getattr(self.head, "bias", None) is not None:
+            logits = logits + self.head.bias[token_ids]
+        logits = logits.float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def _last_hidden(self, prompts: list[list[int]], idx: list[int], n: int) -> torch.Tensor:
+        ids, mask = self._left_pad([prompts[i] for i in idx])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return self.body(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+        ).last_hidden_state[:, -n:]
+
     @torch.inference_mode()
     def _next_logits(self, prompts: list[list[int]], token_ids: list[int]) -> torch.Tensor:
         """Logits of `token_ids` at the position after each prompt: one forward pass."""
         out = torch.empty((len(prompts), len(token_ids)), dtype=torch.float32)
-        rows = self.head.weight[token_ids]
-        bias = self.head.bias[token_ids] if getattr(self.head, "bias", None) is not None else None
         for idx in self._chunks(len(prompts), prompts):
-            ids, mask = self._left_pad([prompts[i] for i in idx])
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            hidden = self.body(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
-            ).last_hidden_state[:, -1]
-            logits = hidden @ rows.T
-            if bias is not None:
-                logits = logits + bias
-            logits = logits.float()
-            if self.softcap:
-                logits = torch.tanh(logits / self.softcap) * self.softcap
-            out[idx] = logits.cpu()
+            out[idx] = self._project(self._last_hidden(prompts, idx, 1)[:, 0], token_ids).cpu()
         return out
+
+    @torch.inference_mode()
+    def label_and_category(self, prompts: list[list[int]]) -> tuple[list[float], list[int]]:
+        """Unsafe score and category token from ONE forward pass over prompt + `<|unsafe|>`.
+
+        The model is causal, so the appended token cannot change the label position's
+        state; the position after it is where the category is read (as in training).
+        """
+        label_ids = [self.tokens.safe, self.tokens.unsafe]
+        cats = self.tokens.category_ids
+        seqs = [p + [self.tokens.unsafe] for p in prompts]
+        scores = torch.empty(len(seqs), dtype=torch.float32)
+        picked = torch.empty(len(seqs), dtype=torch.long)
+        for idx in self._chunks(len(seqs), seqs):
+            hidden = self._last_hidden(seqs, idx, 2)
+            scores[idx] = torch.softmax(self._project(hidden[:, 0], label_ids), -1)[:, 1].cpu()
+            picked[idx] = self._project(hidden[:, 1], cats).argmax(-1).cpu()
+        return scores.tolist(), [cats[j] for j in picked.tolist()]
 
     def label_scores(self, prompts: list[list[int]]) -> list[float]:
         logits = self._next_logits(prompts, [self.tokens.safe, self.tokens.unsafe])
