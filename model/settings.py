@@ -58,7 +58,8 @@ class GuardianSettings(BaseSettings):
     #: A peft adapter folder (or a full fine-tuned model folder) loaded on top of the base.
     #: "default": the guardian adapter shipped in model/adapters/ when the base is the
     #: prepared Gemma (it was trained on that base), no adapter on any other base;
-    #: "none" or empty: the bare base.
+    #: "none" or empty: the bare base; "current" or "vN": a registry version
+    #: (model/registry.py). model/resolve.py turns this into what is loaded.
     adapter: str = "default"
     #: Version string recorded in verdicts; empty reads it from the adapter's metadata.
     model_version: str = ""

@@ -111,7 +111,7 @@ def _recipe(args) -> str:
 
 
 def cmd_train(args) -> int:
-    from training.registry import Registry
+    from model.registry import Registry
     from training.seeds import ResponseBank, default_seed_dir
     from training.train import TrainConfig, train
 
@@ -151,6 +151,9 @@ def cmd_train(args) -> int:
         f"in {info['train_seconds']:.0f}s on {info['device']}"
     )
     if args.register:
+        from training.retrain import data_hash
+
+        reg.register(cfg.version, parent=reg.current(), data_hash=data_hash(rows))
         reg.promote(cfg.version)
         print(f"registered and promoted {cfg.version} in {s.registry_dir}")
     return 0

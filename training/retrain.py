@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -22,9 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from model.language import detect_language
+from model.registry import Registry
 from model.settings import GuardianSettings
 from model.taxonomy import CATEGORY_IDS
-from training.registry import Registry
 
 COMPARED = ("weighted_f1", "unsafe_f1")
 
@@ -98,6 +99,16 @@ def mix(flagged_rows: list[dict], base_rows: list[dict], ratio: float, seed: int
     return flagged_rows + rng.sample(base_rows, k)
 
 
+def data_hash(rows: list[dict]) -> str:
+    """sha256 of the training rows (order kept), recorded in the registry entry so two
+    versions can be told apart by what they learned from."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps(r, sort_keys=True, ensure_ascii=False, default=str).encode())
+        h.update(b"\n")
+    return "sha256:" + h.hexdigest()
+
+
 def summarize(result: dict) -> dict[str, dict[str, float]]:
     """eval result -> {set: {weighted_f1, unsafe_f1}} (what the promotion rule compares)."""
     return {
@@ -136,7 +147,8 @@ def retrain(
     from training.train import TrainConfig, train
 
     reg = Registry(settings.registry_dir)
-    old_version = reg.current()
+    registry_parent = reg.current()
+    old_version = registry_parent
     old_path = reg.current_path()
     if old_path is None:
         # An empty registry is not an empty model: continue from and compare against what
@@ -191,6 +203,12 @@ def retrain(
         ok, reasons = True, ["no current version: first model"]
     else:
         ok, reasons = compare(old_scores, new_scores, settings.max_regression)
+    reg.register(
+        version,
+        parent=registry_parent,
+        data_hash=data_hash(rows),
+        eval={"new": new_scores, "old": old_scores, "report": "retrain_report.json"},
+    )
     if ok:
         reg.promote(version)
         report.update(promoted=True, reason="; ".join(reasons) or "no regression on any set")

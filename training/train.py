@@ -25,14 +25,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from model.loading import (
-    MODEL_META_FILE,
-    assign_special_tokens,
-    base_dir_for,
-    load_token_map,
-    save_token_map,
-)
+from model.loading import MODEL_META_FILE, assign_special_tokens, save_token_map
 from model.prompt import build_answer_ids, build_prompt_ids
+from model.resolve import resolve_model
 from model.settings import GuardianSettings
 
 FORCED_CATEGORY = "sensitive_topic"
@@ -264,23 +259,19 @@ def load_for_training(settings: GuardianSettings, cfg: TrainConfig):
     else:
         # fp32 weights on CPU; GUARDIAN_DTYPE=bfloat16 adds bf16 autocast (training_autocast)
         dtype = torch.float32
-    base = base_dir_for(settings)
-    init = Path(cfg.init_from) if cfg.init_from else None
-    full_init = init is not None and (init / "config.json").is_file()
-    weights = init if full_init else base
-    tokenizer = AutoTokenizer.from_pretrained(str(init if full_init else base))
-    model = AutoModelForCausalLM.from_pretrained(str(weights), dtype=dtype)
-    tokens = (
-        (load_token_map(init) if init else None)
-        or load_token_map(weights)
-        or assign_special_tokens(tokenizer, model)
-    )
+    # the same resolver as serving: the base, the folder continued from, its token map
+    resolved = resolve_model(settings, cfg.init_from or "none")
+    base = resolved.base_dir
+    init = resolved.adapter_dir if resolved.kind == "adapter" else None
+    tokenizer = AutoTokenizer.from_pretrained(str(resolved.tokenizer_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(resolved.weights_dir), dtype=dtype)
+    tokens = resolved.token_map or assign_special_tokens(tokenizer, model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not cfg.full:
         from peft import LoraConfig, PeftModel, get_peft_model
 
-        if init is not None and not full_init:
+        if init is not None:
             model = PeftModel.from_pretrained(model, str(init), is_trainable=True)
         else:
             lcfg = LoraConfig(

@@ -10,18 +10,17 @@ CPU install never needs it.
   backend compares the two logits.
 - Category: one step restricted to the category tokens.
 - Response: greedy decoding of the prompt + label + category.
-- Adapters: a peft LoRA folder is served through `LoRARequest` on every call.
+- Adapters: a peft LoRA folder is served through `LoRARequest` on every call; what is
+  served (base, adapter, merged folder) comes from model.resolve, as for transformers.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from model.engine import Engine, Query
-from model.loading import base_dir_for, load_token_map
 from model.policy import Policy
 from model.settings import GuardianSettings
 from model.verdict import Verdict
@@ -105,36 +104,33 @@ class VLLMBackend:
             ) from exc
         from transformers import AutoTokenizer
 
-        from model.loading import adapter_has_token_deltas, assign_special_tokens, read_model_meta
+        from model.loading import adapter_has_token_deltas, assign_special_tokens
+        from model.resolve import resolve_model
 
-        base = base_dir_for(settings)
-        resolved = settings.resolved_adapter()
-        if resolved is not None and adapter_has_token_deltas(resolved):
+        resolved = resolve_model(settings)
+        adapter = str(resolved.adapter_dir) if resolved.kind == "adapter" else None
+        if adapter is not None and adapter_has_token_deltas(resolved.adapter_dir):
             raise RuntimeError(
-                f"{resolved} trains the guardian token rows, which vLLM's LoRA loader cannot "
+                f"{adapter} trains the guardian token rows, which vLLM's LoRA loader cannot "
                 "apply: run `guardian model merge --out DIR` once and serve DIR with "
-                "GUARDIAN_BASE_MODEL=DIR GUARDIAN_ADAPTER=none"
+                "GUARDIAN_BASE_MODEL=DIR GUARDIAN_ADAPTER=none (or, for a registry version, "
+                "`guardian model promote VERSION --merge`)"
             )
-        adapter = str(resolved) if resolved is not None else None
-        tokenizer = AutoTokenizer.from_pretrained(str(base))
-        tokens = (
-            (load_token_map(adapter) if adapter else None)
-            or load_token_map(base)
-            or assign_special_tokens(tokenizer)
-        )
+        tokenizer = AutoTokenizer.from_pretrained(str(resolved.tokenizer_dir))
+        tokens = resolved.token_map or assign_special_tokens(tokenizer)
+        self.resolved = resolved
         self.llm = LLM(
-            model=str(base),
-            tokenizer=str(base),
+            model=str(resolved.weights_dir),
+            tokenizer=str(resolved.tokenizer_dir),
             enable_lora=adapter is not None,
             max_lora_rank=settings.vllm_max_lora_rank,
             gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
-            dtype="bfloat16",
+            dtype=resolved.dtype,
             logprobs_mode="processed_logprobs",
         )
         lora = LoRARequest("guardian", 1, adapter) if adapter else None
-        meta = {**read_model_meta(base), **(read_model_meta(Path(adapter)) if adapter else {})}
-        self.model_id = meta.get("model_id", Path(adapter or base).name)
-        self.model_version = settings.model_version or meta.get("version", "unversioned")
+        self.model_id = resolved.model_id
+        self.model_version = resolved.version
         self.engine = Engine.for_backend(
             VLLMRunner(self.llm, tokens, lora_request=lora), tokenizer, tokens,
             backend_name=self.name, model_id=self.model_id, model_version=self.model_version,
