@@ -132,6 +132,15 @@ class Registry:
             return merged
         return folder
 
+    def read_pointer(self) -> str | None:
+        """The pointer file's content as written (None if absent or empty), without checking
+        that the version folder exists: one small read, for workers polling it."""
+        try:
+            v = (self.root / POINTER).read_text().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return v or None
+
     def current(self) -> str | None:
         p = self.root / POINTER
         if not p.is_file():

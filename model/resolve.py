@@ -150,7 +150,9 @@ def _meta_value(key: str, *folders: Path | None) -> str | None:
     return value
 
 
-def _resolve_base(base: Path, settings: GuardianSettings, ref: str) -> ResolvedModel:
+def _resolve_base(
+    base: Path, settings: GuardianSettings, ref: str, version_hint: str | None = None
+) -> ResolvedModel:
     tokens = load_token_map(base)
     return ResolvedModel(
         kind="base",
@@ -161,7 +163,10 @@ def _resolve_base(base: Path, settings: GuardianSettings, ref: str) -> ResolvedM
         token_map=tokens,
         token_map_dir=base if tokens is not None else None,
         model_id=_meta_value("model_id", base) or base.name,
-        version=settings.model_version or _meta_value("version", base) or "unversioned",
+        version=version_hint
+        or settings.model_version
+        or _meta_value("version", base)
+        or "unversioned",
         dtype=_dtype_name(settings),
         ref=ref,
     )
@@ -190,9 +195,9 @@ def _resolve_adapter(
         token_map=tokens,
         token_map_dir=folder if own is not None else base,
         model_id=_meta_value("model_id", base, folder) or folder.name,
-        version=settings.model_version
+        version=version_hint
+        or settings.model_version
         or _meta_value("version", base, folder)
-        or version_hint
         or "unversioned",
         dtype=_dtype_name(settings),
         ref=ref,
@@ -211,7 +216,7 @@ def _resolve_model_folder(
                 "`guardian model merge --out DIR`)"
             )
         # a plain Hugging Face model: it is the base, special tokens assigned at load
-        return _resolve_base(folder, settings, ref)
+        return _resolve_base(folder, settings, ref, version_hint)
     has_tokenizer = (folder / "tokenizer.json").is_file()
     try:
         base = base_dir_for(settings)
@@ -228,9 +233,9 @@ def _resolve_model_folder(
         token_map=tokens,
         token_map_dir=folder,
         model_id=_meta_value("model_id", folder) or folder.name,
-        version=settings.model_version
+        version=version_hint
+        or settings.model_version
         or _meta_value("version", folder)
-        or version_hint
         or "unversioned",
         dtype=_dtype_name(settings),
         ref=ref,
@@ -261,6 +266,9 @@ def _resolve_registry(ref: str, settings: GuardianSettings) -> ResolvedModel:
             "`guardian model promote VERSION` (see `guardian model list`)"
         )
     folder = reg.serving_path(version, settings.backend)  # raises for an unknown version
+    # The registry name is the version a registry load records (verdicts' model_version,
+    # cache keys), over GUARDIAN_MODEL_VERSION and the folder's metadata: a worker that
+    # follows the registry must stamp each verdict with the version that made it.
     return _resolve_folder(folder, settings, ref, version_hint=version)
 
 

@@ -62,6 +62,7 @@ class GuardianSettings(BaseSettings):
     #: (model/registry.py). model/resolve.py turns this into what is loaded.
     adapter: str = "default"
     #: Version string recorded in verdicts; empty reads it from the adapter's metadata.
+    #: A registry load ("current", "vN") always records the registry version name.
     model_version: str = ""
     backend: Literal["transformers", "vllm"] = "transformers"
     #: "auto" picks CUDA when present, else CPU.
@@ -106,6 +107,13 @@ class GuardianSettings(BaseSettings):
     cache_ttl_s: int = 86400
     flagged_table_dir: str = "./data/flagged"
     metrics_port: int = 9464
+    #: Workers follow the registry: between batches, every `registry_poll_s` seconds, a
+    #: worker reads the registry pointer (the `current` file under registry_dir and, with
+    #: redis_url, the Redis key `registry:current`); when it names another version the
+    #: worker loads that version beside the serving one and switches between batches.
+    #: Start such workers with GUARDIAN_ADAPTER=current.
+    follow_registry: bool = False
+    registry_poll_s: float = 5.0
 
     # --- HTTP API (api/) -------------------------------------------------------------
     #: Where `guardian serve` listens (0.0.0.0 to accept outside connections).

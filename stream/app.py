@@ -23,6 +23,12 @@ of already-acked batches are committed on the way out.
 
 Scaling: every worker joins the consumer group `app_id`; more workers (up to the number of
 partitions of the queries topic) share the partitions.
+
+Following the registry (GUARDIAN_FOLLOW_REGISTRY=true, best with GUARDIAN_ADAPTER=current):
+a background task reads the registry pointer every GUARDIAN_REGISTRY_POLL_S seconds
+(stream/follow.py); a new version is loaded in a loader thread while the model thread keeps
+judging with the old one, and the backend is swapped under the batch lock, i.e. between two
+batches. Each verdict's model_version is the version that judged it.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from model.policy import Policy, PolicyError, PolicyStore
 from model.settings import GuardianSettings
 from stream import metrics
 from stream.cache import VerdictCache, cache_key
+from stream.follow import RegistryFollower
 from stream.schemas import (
     MODEL_ERROR,
     UNKNOWN_POLICY,
@@ -75,6 +82,11 @@ class Pipeline:
         self.sink = FlaggedSink(settings.flagged_table_dir)
         self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="guardian-model")
         self.io_executor = ThreadPoolExecutor(1, thread_name_prefix="guardian-sink")
+        # a following worker loads a new registry version here, beside the serving one
+        self.loader_executor = ThreadPoolExecutor(1, thread_name_prefix="guardian-loader")
+        self.follower: RegistryFollower | None = None
+        # held for a whole batch: the backend is only swapped between batches
+        self.batch_lock = asyncio.Lock()
         self.ready = asyncio.Event()
         self.load_error: str | None = None
         self.batches = 0
@@ -103,7 +115,32 @@ class Pipeline:
                 raise
         log.info("guardian backend ready: %s %s", self.backend.model_id,
                  self.backend.model_version)
+        metrics.set_serving_model(self.backend.model_id, self.backend.model_version)
+        if self.settings.follow_registry and self.follower is None:
+            self.follower = RegistryFollower(self.settings, self.loader_executor,
+                                             serving=str(self.backend.model_version))
         self.ready.set()
+
+    async def follow_registry(self) -> str | None:
+        """One look at the registry pointer; returns the version switched to, if any.
+
+        The load runs in the loader thread while batches keep flowing on the serving
+        backend; the swap waits for the batch lock, so it lands between two batches.
+        """
+        if self.follower is None:
+            return None
+        found = await self.follower.poll()
+        if found is None:
+            return None
+        version, backend = found
+        async with self.batch_lock:
+            old, self.backend = self.backend, backend
+            self.follower.switched(version)
+        metrics.set_serving_model(backend.model_id, backend.model_version)
+        log.info("switched from %s to registry version %s",
+                    getattr(old, "model_version", None), backend.model_version)
+        del old  # the previous version's weights go once no thread holds them
+        return version
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         ok = self.ready.is_set() and self.load_error is None
@@ -115,10 +152,16 @@ class Pipeline:
             "batches": self.batches,
             "last_batch_at": self.last_batch_at,
             "cache": "on" if self.cache.enabled else "off",
+            "registry": self.follower.status() if self.follower is not None else None,
         }
 
     # -- one batch --------------------------------------------------------------------
     async def process(self, events: list) -> None:
+        """Judge and publish one micro-batch, all of it with one backend (see batch_lock)."""
+        async with self.batch_lock:
+            await self._process(events)
+
+    async def _process(self, events: list) -> None:
         s = self.settings
         t_batch = time.perf_counter()
         metrics.BATCH_SIZE.observe(len(events))
@@ -343,6 +386,22 @@ def create_app(settings: GuardianSettings | None = None, backend=None) -> faust.
                  if getattr(s, "_server", None)]
         log.info("metrics and health on port %s (/metrics, /healthz)", ports)
         await pipeline.load()
+
+    if settings.follow_registry:
+        poll_s = max(float(settings.registry_poll_s), 0.1)
+
+        @app.task
+        async def follow_registry() -> None:
+            await pipeline.ready.wait()
+            log.info("following the registry %s every %.1fs", settings.registry_dir, poll_s)
+            while True:
+                await asyncio.sleep(poll_s)
+                try:
+                    await pipeline.follow_registry()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - never stop following, never stop serving
+                    log.exception("checking the registry pointer failed")
 
     @app.agent(queries, concurrency=1)
     async def judge(stream):

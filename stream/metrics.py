@@ -28,6 +28,20 @@ CACHE_ERRORS = Counter("guardian_cache_errors_total", "Redis errors and timeouts
 DLQ = Counter("guardian_dlq_total", "Records sent to the DLQ", ["reason"])
 CONSUMER_LAG = Gauge("guardian_consumer_lag", "Highwater minus next offset", ["partition"])
 FLAGGED_FILES = Counter("guardian_flagged_files_total", "Parquet files written")
+MODEL_INFO = Gauge(
+    "guardian_model_info", "The model judging this worker's batches (1 for the serving one)",
+    ["model_id", "version"],
+)
+REGISTRY_LOADS = Counter(
+    "guardian_registry_loads_total",
+    "Registry versions a following worker loaded (GUARDIAN_FOLLOW_REGISTRY)", ["outcome"],
+)
+
+
+def set_serving_model(model_id: str, version: str) -> None:
+    """Point guardian_model_info at the serving model (one labelled series at a time)."""
+    MODEL_INFO.clear()
+    MODEL_INFO.labels(str(model_id), str(version)).set(1)
 
 
 async def start_http(port: int, health) -> object:

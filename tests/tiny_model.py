@@ -80,3 +80,26 @@ def build_tiny_guardian(out_dir: str | Path, *, reserved_slots: bool = True, see
     tokenizer.save_pretrained(out)
     save_token_map(tokens, out)
     return out
+
+
+def add_tiny_registry_version(registry, version: str, base_dir: str | Path, *, delta: float,
+                              promote: bool = False) -> Path:
+    """A real (tiny) LoRA adapter on the tiny guardian as registry version `version`.
+
+    `delta` is added to the LoRA B matrices so two versions give different weights."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    peft_model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.add_(delta)
+    folder = registry.path(version)
+    peft_model.save_pretrained(folder)
+    registry.register(version)
+    if promote:
+        registry.promote(version)
+    return folder

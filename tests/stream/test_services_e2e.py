@@ -197,3 +197,64 @@ def test_records_of_every_codec_are_judged(stream_env, start_worker, kafka_boots
     assert set(got) == want, f"missing {sorted(want - set(got))[:5]}:\n{worker.tail()}"
     assert len(got) == len(want)  # one verdict each
     assert worker.alive()
+
+
+@pytest.mark.timeout(150)
+def test_worker_follows_a_registry_promotion(stream_env, start_worker, kafka_bootstrap,
+                                             redis_url, tiny_model_dir, tmp_path):
+    """GUARDIAN_ADAPTER=current + GUARDIAN_FOLLOW_REGISTRY: a promotion made while the worker
+    consumes is picked up between batches; every verdict names the version that made it."""
+    import redis as redis_py
+
+    from model.registry import REDIS_KEY, Registry
+    from tests.tiny_model import add_tiny_registry_version
+
+    reg = Registry(tmp_path / "registry")
+    add_tiny_registry_version(reg, "v1", tiny_model_dir, delta=0.5, promote=True)
+    add_tiny_registry_version(reg, "v2", tiny_model_dir, delta=-0.5)
+    env = dict(stream_env, GUARDIAN_REGISTRY_DIR=str(reg.root), GUARDIAN_ADAPTER="current",
+               GUARDIAN_FOLLOW_REGISTRY="true", GUARDIAN_REGISTRY_POLL_S="0.3",
+               GUARDIAN_MAX_BATCH="8")
+    vt, q = env["GUARDIAN_TOPIC_VERDICTS"], env["GUARDIAN_TOPIC_QUERIES"]
+    port = env["GUARDIAN_METRICS_PORT"]
+
+    def serving() -> str | None:
+        try:
+            return json.loads(_get(f"http://127.0.0.1:{port}/healthz")[1])["model_version"]
+        except Exception:  # noqa: BLE001 - not up yet
+            return None
+
+    def wait_serving(version: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and serving() != version:
+            time.sleep(0.2)
+        assert serving() == version, worker.tail()
+
+    worker = start_worker(env)
+    early, late = _valid(40, "fr1"), _valid(24, "fr2")
+    try:
+        wait_serving("v1", 40)
+        send_raw(kafka_bootstrap, q, early)
+        before = collect(kafka_bootstrap, [vt], lambda o: len(o[vt]) >= 8, timeout=30)[vt]
+        assert len(before) >= 8, worker.tail()
+        reg.promote("v2")  # while the worker is still on the early records
+        assert reg.publish_current(redis_url)
+        wait_serving("v2", 30)
+        send_raw(kafka_bootstrap, q, late)
+        want = {k.decode() for k, _ in early + late}
+        out = collect(kafka_bootstrap, [vt], lambda o: want <= {v["id"] for v in o[vt]},
+                      timeout=40)[vt]
+    finally:
+        redis_py.Redis.from_url(redis_url).delete(REDIS_KEY)
+    ids = [v["id"] for v in out]
+    assert set(ids) == want, f"missing {sorted(want - set(ids))[:5]}:\n{worker.tail()}"
+    assert len(ids) == len(want), "exactly one verdict per valid id"
+    version = {v["id"]: v["model_version"] for v in out}
+    assert {version[v["id"]] for v in before} == {"v1"}
+    assert {version[k.decode()] for k, _ in early} <= {"v1", "v2"}
+    assert {version[k.decode()] for k, _ in late} == {"v2"}
+    metrics = _get(f"http://127.0.0.1:{port}/metrics")[1]
+    assert 'guardian_model_info{model_id=' in metrics and 'version="v2"} 1.0' in metrics
+    assert 'version="v1"' not in metrics.split("guardian_model_info", 1)[1].split("# HELP")[0]
+    assert 'guardian_registry_loads_total{outcome="loaded"} 1.0' in metrics
+    assert worker.alive(), worker.tail()
