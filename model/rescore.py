@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -118,6 +118,45 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str | None]]:
                 yield lineno, None
 
 
+def judge_in_batches(
+    backend: GuardianBackend,
+    items: Iterable[tuple[Query, Policy]],
+    out: TextIO,
+    *,
+    batch_size: int = 64,
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Judge `(query, policy)` pairs `batch_size` at a time, one `judge` call per policy,
+    appending each verdict as a JSON line to `out` and flushing after every batch (so an
+    interrupted run loses at most one batch). Returns the number judged. `on_batch(n)` is
+    called after each flush: progress bars and counters. Also used by the topic re-scorer
+    (stream/rescore_topic.py)."""
+    judged = 0
+    batch: list[tuple[Query, Policy]] = []
+
+    def flush() -> None:
+        nonlocal judged
+        by_policy: dict[str, list[tuple[Query, Policy]]] = {}
+        for query, policy in batch:
+            by_policy.setdefault(policy.key, []).append((query, policy))
+        for group in by_policy.values():
+            for verdict in backend.judge([q for q, _ in group], group[0][1]):
+                out.write(verdict.to_json() + "\n")
+        out.flush()
+        judged += len(batch)
+        if on_batch is not None:
+            on_batch(len(batch))
+        batch.clear()
+
+    for pair in items:
+        batch.append(pair)
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    return judged
+
+
 def rescore_file(
     backend: GuardianBackend,
     input_path: Path,
@@ -137,27 +176,13 @@ def rescore_file(
     with output_path.open("a", encoding="utf-8") as out, tqdm(
         total=total, unit="q", desc="judging", disable=not progress
     ) as bar:
-        batch: list[_Item] = []
 
-        def flush() -> None:
-            by_policy: dict[str, list[_Item]] = {}
-            for item in batch:
-                by_policy.setdefault(item.policy.key, []).append(item)
-            for group in by_policy.values():
-                verdicts = backend.judge([i.query for i in group], group[0].policy)
-                for verdict in verdicts:
-                    out.write(verdict.to_json() + "\n")
-            out.flush()
-            report.scored += len(batch)
-            bar.update(len(batch))
-            batch.clear()
+        def on_batch(n: int) -> None:
+            report.scored += n
+            bar.update(n)
 
-        for item in items:
-            batch.append(item)
-            if len(batch) >= batch_size:
-                flush()
-        if batch:
-            flush()
+        judge_in_batches(backend, ((i.query, i.policy) for i in items), out,
+                         batch_size=batch_size, on_batch=on_batch)
         bar.n = total
         bar.refresh()
     return report

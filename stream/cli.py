@@ -1,4 +1,4 @@
-"""`guardian worker | produce | demo`: the streaming subcommands.
+"""`guardian worker | produce | demo | rescore`: the streaming subcommands.
 
 Registered through the `guardian.commands` entry point (`register`), and runnable without
 the top-level command as `python -m stream.cli ...` (the tests do that).
@@ -37,6 +37,37 @@ def register(subparsers) -> None:
     p.add_argument("--timeout", type=float, default=300.0)
     p.set_defaults(func=cmd_demo)
 
+    p = subparsers.add_parser(
+        "rescore", help="re-judge a time or offset range of the queries topic and diff the "
+        "new verdicts against the published ones (files: guardian judge --input)")
+    p.add_argument("--topic", default=None, help="topic to read (default GUARDIAN_TOPIC_QUERIES)")
+    p.add_argument("--verdicts-topic", default=None,
+                   help="where the prior verdicts are (default GUARDIAN_TOPIC_VERDICTS)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--from", dest="from_time", metavar="T",
+                       help="start time, inclusive: ISO-8601 (UTC without a zone) or epoch s")
+    start.add_argument("--from-offset", metavar="N|P:N,..",
+                       help="start offset, inclusive: every partition, or per partition "
+                       "(then only the named partitions are read)")
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument("--to", dest="to_time", metavar="T", help="end time, exclusive")
+    stop.add_argument("--to-offset", metavar="N|P:N,..", help="end offset, exclusive")
+    p.add_argument("--model", default=None,
+                   help="model reference: vN, current, default, none or a folder "
+                   "(default GUARDIAN_ADAPTER)")
+    p.add_argument("--policy", default=None, help="judge every record with this policy (id or "
+                   "TOML path); default: each record's own, as the worker does")
+    p.add_argument("--out", required=True, help="output folder (a rerun resumes there)")
+    p.add_argument("--margin", type=float, default=600.0,
+                   help="seconds of the verdicts topic read beyond the queries' time span")
+    p.add_argument("--skew", type=float, default=60.0,
+                   help="seconds the queries are read beyond --from/--to before filtering by "
+                   "timestamp (records whose timestamps are out of order by up to this)")
+    p.add_argument("--batch-size", type=int, default=64, help="queries per judge step")
+    p.add_argument("--examples", type=int, default=10, help="examples per diff group")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_rescore)
+
 
 def cmd_worker(args) -> int:
     import faust
@@ -50,6 +81,33 @@ def cmd_worker(args) -> int:
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=getattr(args, "loglevel", "info"))
     worker.execute_from_commandline()  # handles SIGTERM/SIGINT: graceful stop
+    return 0
+
+
+def cmd_rescore(args) -> int:
+    from model.policy import PolicyError
+    from stream.rescore_topic import RangeSpec, RescoreTopicError, parse_offsets, parse_time
+
+    settings = GuardianSettings()
+    try:
+        spec = RangeSpec(
+            from_ms=parse_time(args.from_time) if args.from_time else None,
+            to_ms=parse_time(args.to_time) if args.to_time else None,
+            from_offsets=parse_offsets(args.from_offset) if args.from_offset else None,
+            to_offsets=parse_offsets(args.to_offset) if args.to_offset else None,
+        )
+        from stream.rescore_topic import rescore_topic
+
+        report = rescore_topic(
+            settings, args.out, spec, topic=args.topic, verdicts_topic=args.verdicts_topic,
+            model=args.model, policy=args.policy, margin_s=args.margin, skew_s=args.skew,
+            batch_size=args.batch_size, examples=args.examples, progress=not args.quiet,
+        )
+    except (RescoreTopicError, PolicyError) as exc:
+        print(f"guardian rescore: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_dict()), file=sys.stderr)
+    print(f"diff: {Path(args.out) / 'diff.md'}", file=sys.stderr)
     return 0
 
 
