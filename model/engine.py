@@ -46,6 +46,32 @@ class GuardianBackend(Protocol):
 
     def judge(self, queries: Sequence[Query], policy: Policy) -> list[Verdict]: ...
 
+    # Optional (the transformers and vLLM backends have them; the stream worker falls back
+    # to `judge` without): verdicts first, generated responses later. See Engine.decide.
+    # def decide(self, queries, policy) -> tuple[list[Verdict], list[PendingResponse]]
+    # def respond(self, pending) -> dict[str, tuple[str | None, str | None]]
+
+
+@dataclass
+class PendingResponse:
+    """A blocked verdict whose safety response is still to be generated (`Engine.decide`)."""
+
+    id: str
+    #: prompt + `<|unsafe|>` + the category token: where the response is decoded from.
+    prompt: list[int]
+    category: str | None
+    response_language: str
+    #: The verdict `decide` returned (response None, response_pending True).
+    verdict: Verdict
+
+    def fill(self, response: str | None, error: str | None) -> Verdict:
+        """The verdict completed with its response (what `judge` returns)."""
+        self.verdict.response = response
+        self.verdict.response_language = self.response_language
+        self.verdict.error = error
+        self.verdict.response_pending = False
+        return self.verdict
+
 
 @dataclass
 class _Plan:
@@ -117,8 +143,29 @@ class Engine:
         )
 
     def judge(self, queries: Sequence[Query], policy: Policy) -> list[Verdict]:
+        """Complete verdicts: `decide`, then `respond` for the ones still waiting on one."""
+        verdicts, pending = self.decide(queries, policy)
+        if pending:
+            for item, (response, error) in zip(pending, self._decode(pending), strict=True):
+                item.fill(response, error)
+            for v in verdicts:  # one batch, one set of timings, now with the decode in it
+                v.timings_ms["generate"] = pending[0].verdict.timings_ms["generate"]
+                v.timings_ms["batch_total"] = (
+                    v.timings_ms["batch_total"] + v.timings_ms["generate"])
+        return verdicts
+
+    def decide(
+        self, queries: Sequence[Query], policy: Policy
+    ) -> tuple[list[Verdict], list[PendingResponse]]:
+        """Label and category of every query (one pass); never decodes a response.
+
+        Returns the verdicts in query order and the blocked ones that still need a generated
+        response (policy `response_mode = "generate"` and max_new_tokens > 0): those carry
+        `response=None, response_pending=True` until `respond` (or `PendingResponse.fill`)
+        completes them. Template and none modes are final here.
+        """
         if not queries:
-            return []
+            return [], []
         t0 = time.perf_counter()
         plans = [self.plan(q, policy) for q in queries]
         one_pass = getattr(self.runner, "label_and_category", None)
@@ -150,27 +197,16 @@ class Engine:
         blocked = [
             i for i in candidates if plans[i].forced_by or categories[i] in policy.blocked
         ]
-        generated: dict[int, list[int]] = {}
-        decode = [] if policy.response_mode != "generate" else blocked
-        if decode and self.max_new_tokens > 0:
-            outs = self.runner.generate(
-                [
-                    plans[i].prompt + [self.tokens.unsafe, self.tokens.category(categories[i])]
-                    for i in decode
-                ],
-                self.max_new_tokens,
-            )
-            generated = dict(zip(decode, outs))
-        t_end = time.perf_counter()
-
+        decode = policy.response_mode == "generate" and self.max_new_tokens > 0
         timings = {
             "label": (t_label - t0) * 1000,
             "category": (t_category - t_label) * 1000,
-            "generate": (t_end - t_category) * 1000,
-            "batch_total": (t_end - t0) * 1000,
+            "generate": 0.0,
+            "batch_total": (t_category - t0) * 1000,
             "batch_size": float(len(plans)),
         }
-        verdicts = []
+        verdicts: list[Verdict] = []
+        pending: list[PendingResponse] = []
         for i, plan in enumerate(plans):
             verdict = Verdict(
                 id=plan.query.id,
@@ -199,15 +235,49 @@ class Engine:
                         categories[i], plan.response_language, plan.query.text
                     )
                     verdict.response_language = plan.response_language
-                elif i in generated:
-                    parsed = parse_continuation(
-                        self.tokenizer,
-                        self.tokens,
-                        [self.tokens.category(categories[i]), *generated[i]],
-                        label_given="unsafe",
-                    )
-                    verdict.response = parsed.response
-                    verdict.response_language = plan.response_language
-                    verdict.error = parsed.error
+                elif decode:
+                    verdict.response_pending = True
+                    pending.append(PendingResponse(
+                        id=plan.query.id,
+                        prompt=plan.prompt
+                        + [self.tokens.unsafe, self.tokens.category(categories[i])],
+                        category=categories[i],
+                        response_language=plan.response_language,
+                        verdict=verdict,
+                    ))
             verdicts.append(verdict)
-        return verdicts
+        return verdicts, pending
+
+    def respond(
+        self, pending: Sequence[PendingResponse]
+    ) -> dict[str, tuple[str | None, str | None]]:
+        """Decode the safety response of each pending verdict: `{id: (response, error)}`.
+
+        Only the given items are decoded (one `generate` call for all of them). `error` is
+        set when the output could not be read as the guardian format. The pending items'
+        verdicts are left as they are (see `PendingResponse.fill`). For two items with the
+        same id the later one's result is the one in the mapping (use `PendingResponse.fill`
+        via `judge` when ids can repeat).
+        """
+        return {
+            item.id: result
+            for item, result in zip(pending, self._decode(pending), strict=True)
+        }
+
+    def _decode(self, pending: Sequence[PendingResponse]) -> list[tuple[str | None, str | None]]:
+        """(response, error) per pending item, in order; records the decode time on each."""
+        if not pending:
+            return []
+        t0 = time.perf_counter()
+        outs = self.runner.generate([p.prompt for p in pending], self.max_new_tokens)
+        results: list[tuple[str | None, str | None]] = []
+        for item, out in zip(pending, outs, strict=True):
+            parsed = parse_continuation(
+                self.tokenizer, self.tokens, [self.tokens.category(item.category), *out],
+                label_given="unsafe",
+            )
+            results.append((parsed.response, parsed.error))
+        ms = (time.perf_counter() - t0) * 1000
+        for item in pending:
+            item.verdict.timings_ms["generate"] = ms
+        return results

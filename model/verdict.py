@@ -26,6 +26,10 @@ class Verdict:
     category: str | None = None
     #: Safety response to show instead of search results; only for unsafe verdicts.
     response: str | None = None
+    #: True while the response is still being generated (the stream worker publishes a
+    #: generate-mode unsafe verdict before its response; the response follows on the
+    #: responses topic). False on every complete verdict, and always outside the stream.
+    response_pending: bool = False
     #: Why the label is what it is: "score", "forced_harm", "category_allowed", "below_threshold".
     reason: str = "score"
     #: The policy's force-harm rule that matched, if any.

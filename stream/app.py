@@ -2,10 +2,18 @@
 
 Flow of one micro-batch (`Pipeline.process`):
 validate every record (bad ones -> DLQ, with the reason) -> Redis lookup -> the misses go to
-the guardian in one `judge` call per policy, in a single worker thread so the event loop
-(and Faust's heartbeats and fetches) never block -> publish verdicts / responses / flagged /
-dlq -> wait until Kafka acknowledged every send -> append flagged rows to the Parquet table
--> only then ack the input events.
+the guardian in one `decide` call per policy (labels and categories; no decoding), in a
+single worker thread so the event loop (and Faust's heartbeats and fetches) never block ->
+publish verdicts / responses / flagged / dlq -> wait until Kafka acknowledged every send ->
+append flagged rows to the Parquet table -> queue the generate-mode unsafe verdicts
+(published with `response: null, response_pending: true`) for the response stage -> only
+then ack the input events.
+
+The response stage (`Pipeline.run_responses`, its own task) decodes those responses in the
+same model thread whenever no batch's `decide` is waiting for it, and publishes them to the
+responses topic; verdicts never wait for responses. The at-least-once guarantee below
+covers verdicts: a response still owed when the worker dies is lost (stream/README.md,
+"Verdicts before responses": its flagged record carries the text to regenerate it from).
 
 Delivery semantics (why this is at-least-once): the agent iterates
 `stream.noack_take(max_batch, within=max_wait_ms)`, which hands out events without acking
@@ -40,6 +48,7 @@ import tempfile
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +79,17 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8")
 
 
+@dataclass
+class _ResponseJob:
+    """A published verdict whose generated response the response stage still owes."""
+
+    backend: Any  # the backend that decided it: the response comes from the same version
+    item: Any  # model.engine.PendingResponse
+    verdict: dict[str, Any]  # as published (response None, response_pending True)
+    cache_key: str
+    queued_at: float
+
+
 class Pipeline:
     """Everything one micro-batch goes through; independent of Faust's agent plumbing."""
 
@@ -91,6 +111,15 @@ class Pipeline:
         self.load_error: str | None = None
         self.batches = 0
         self.last_batch_at: float | None = None
+        # the response stage: generate-mode responses, decoded after their verdicts went out
+        self.responses: asyncio.Queue[_ResponseJob] = asyncio.Queue(
+            max(64, 4 * settings.max_batch))
+        self.responses_in_flight = 0
+        # decide calls waiting for or running in the model thread; the response stage only
+        # submits a decode while this is 0, so verdicts go first
+        self._deciding = 0
+        self._model_free = asyncio.Event()
+        self._model_free.set()
         topic = self._out_topic
         self.t_verdicts = topic(settings.topic_verdicts)
         self.t_responses = topic(settings.topic_responses)
@@ -152,6 +181,7 @@ class Pipeline:
             "batches": self.batches,
             "last_batch_at": self.last_batch_at,
             "cache": "on" if self.cache.enabled else "off",
+            "responses_pending": self.responses.qsize() + self.responses_in_flight,
             "registry": self.follower.status() if self.follower is not None else None,
         }
 
@@ -199,15 +229,23 @@ class Pipeline:
 
         loop = asyncio.get_running_loop()
         to_cache: dict[str, str] = {}
+        jobs: list[_ResponseJob] = []
         from model.engine import Query
 
+        backend = self.backend
+        split = callable(getattr(backend, "decide", None)) and callable(
+            getattr(backend, "respond", None))
         for idxs in misses.values():
             policy = valid[idxs[0]][2]
             queries = [Query(valid[i][1].id, valid[i][1].text) for i in idxs]
             t0 = time.perf_counter()
+            pending: list = []
             try:
-                out = await loop.run_in_executor(
-                    self.model_executor, self.backend.judge, queries, policy)
+                if split:  # verdicts now, generated responses later (the response stage)
+                    out, pending = await self._decide(backend, queries, policy)
+                else:
+                    out = await loop.run_in_executor(
+                        self.model_executor, backend.judge, queries, policy)
                 if len(out) != len(queries):
                     raise RuntimeError(f"backend returned {len(out)} verdicts for "
                                        f"{len(queries)} queries")
@@ -220,11 +258,16 @@ class Pipeline:
                         MODEL_ERROR, f"{type(exc).__name__}: {exc}"[:200], valid[i][1].id)))
                 continue
             metrics.MODEL_LATENCY.observe(time.perf_counter() - t0)
+            waiting = {id(p.verdict): p for p in pending}
             for i, verdict in zip(idxs, out, strict=True):
                 d = verdict.to_dict()
                 d["id"] = valid[i][1].id
                 verdicts[i] = d
-                to_cache[keys[i]] = json.dumps(d, ensure_ascii=False)
+                item = waiting.get(id(verdict))
+                if item is None:
+                    to_cache[keys[i]] = json.dumps(d, ensure_ascii=False)
+                else:  # cached once complete, by the response stage
+                    jobs.append(_ResponseJob(backend, item, d, keys[i], 0.0))
         await self.cache.set_many(to_cache)
 
         sends = []
@@ -238,7 +281,7 @@ class Pipeline:
             sends.append(await self.t_verdicts.send(key=key, value=_dumps(v), force=True))
             unsafe = v.get("label") == "unsafe"
             near = (not unsafe) and policy.near_threshold(float(v.get("unsafe_score") or 0.0))
-            if unsafe:
+            if unsafe and not v.get("response_pending"):  # pending: the response stage's
                 sends.append(await self.t_responses.send(
                     key=key, value=_dumps(response_record(v)), force=True))
             if unsafe or near:
@@ -274,6 +317,111 @@ class Pipeline:
         self._update_lag(events)
         self.batches += 1
         self.last_batch_at = done
+        # the verdicts are acknowledged: hand the owed responses over (this waits only when
+        # the response stage is a whole queue behind, so memory stays bounded)
+        for job in jobs:
+            job.queued_at = time.monotonic()
+            await self.responses.put(job)
+            metrics.RESPONSES_PENDING.inc()
+
+    async def _decide(self, backend, queries, policy):
+        """backend.decide in the model thread, ahead of any response decode not yet started."""
+        loop = asyncio.get_running_loop()
+        self._deciding += 1
+        self._model_free.clear()
+        try:
+            return await loop.run_in_executor(
+                self.model_executor, backend.decide, queries, policy)
+        finally:
+            self._deciding -= 1
+            if self._deciding == 0:
+                self._model_free.set()
+
+    # -- the response stage -------------------------------------------------------------
+    async def run_responses(self) -> None:
+        """Decode and publish the responses of generate-mode unsafe verdicts, forever.
+
+        Takes up to `batch_size` jobs at a time from the queue `_process` fills, decodes them
+        in the model thread whenever no batch is waiting for it, publishes one
+        `response_record` per job to the responses topic (retrying until Kafka acks), and
+        caches the completed verdict. Jobs still here when the worker stops are lost (see
+        the README: the flagged record of each carries the text to regenerate from).
+        """
+        limit = max(1, int(self.settings.batch_size))
+        try:
+            while True:
+                chunk = [await self.responses.get()]
+                while len(chunk) < limit and not self.responses.empty():
+                    chunk.append(self.responses.get_nowait())
+                self.responses_in_flight = len(chunk)
+                for group in _response_groups(chunk):
+                    try:
+                        await self._respond(group)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # noqa: BLE001 - never stop the stage
+                        log.exception("response stage failed on %d responses", len(group))
+                    metrics.RESPONSES_PENDING.dec(len(group))
+                    self.responses_in_flight -= len(group)
+                for _ in chunk:
+                    self.responses.task_done()
+        except asyncio.CancelledError:
+            left = self.responses_in_flight + self.responses.qsize()
+            if left:
+                ids = [j.item.id for j in list(self.responses._queue)[:10]]  # type: ignore[attr-defined]
+                log.warning("stopping with %d responses not published (first queued ids: %s); "
+                            "their verdicts say response_pending", left, ids)
+            raise
+
+    async def _respond(self, group: list[_ResponseJob]) -> None:
+        loop = asyncio.get_running_loop()
+        while self._deciding:  # a batch's labels go first
+            await self._model_free.wait()
+        backend = group[0].backend
+        t0 = time.perf_counter()
+        failed: str | None = None
+        try:
+            results = await loop.run_in_executor(
+                self.model_executor, backend.respond, [j.item for j in group])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the verdicts are out: say what happened
+            log.exception("generating %d responses failed", len(group))
+            failed = f"{MODEL_ERROR}: {type(exc).__name__}: {exc}"[:200]
+            results = {}
+        ms = (time.perf_counter() - t0) * 1000
+        to_cache: dict[str, str] = {}
+        finals = []
+        for j in group:
+            response, error = results.get(j.item.id, (None, failed or "no response returned"))
+            final = dict(j.verdict, response=response, error=error, response_pending=False,
+                         response_language=j.item.response_language)
+            timings = dict(final.get("timings_ms") or {})
+            timings["generate"] = ms
+            final["timings_ms"] = timings
+            finals.append(final)
+            if failed is None:
+                to_cache[j.cache_key] = json.dumps(final, ensure_ascii=False)
+        # complete verdicts into the cache first: a repeat of the text is then served whole
+        await self.cache.set_many(to_cache)
+        delay = 0.5
+        while True:  # no input offset to fall back on: retry until the broker acks
+            try:
+                sends = [await self.t_responses.send(
+                    key=str(f["id"]).encode("utf-8"), value=_dumps(response_record(f)),
+                    force=True) for f in finals]
+                await asyncio.gather(*sends)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001
+                log.exception("publishing %d responses failed; retrying in %.1fs",
+                              len(finals), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        now = time.monotonic()
+        for j in group:
+            metrics.RESPONSE_LATENCY.observe(max(0.0, now - j.queued_at))
 
     def _update_lag(self, events: list) -> None:
         last: dict[Any, int] = {}
@@ -286,6 +434,21 @@ class Pipeline:
                 continue
             if hw is not None:
                 metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, hw - offset - 1))
+
+
+def _response_groups(chunk: list[_ResponseJob]) -> list[list[_ResponseJob]]:
+    """Consecutive runs with one backend (a registry switch can fall between two jobs) and
+    no id twice (respond answers by id)."""
+    groups: list[list[_ResponseJob]] = []
+    ids: set[str] = set()
+    for job in chunk:
+        if groups and groups[-1][0].backend is job.backend and job.item.id not in ids:
+            groups[-1].append(job)
+        else:
+            groups.append([job])
+            ids = set()
+        ids.add(job.item.id)
+    return groups
 
 
 async def ensure_topics(settings: GuardianSettings) -> list[str]:
@@ -386,6 +549,11 @@ def create_app(settings: GuardianSettings | None = None, backend=None) -> faust.
                  if getattr(s, "_server", None)]
         log.info("metrics and health on port %s (/metrics, /healthz)", ports)
         await pipeline.load()
+
+    @app.task
+    async def responses() -> None:
+        await pipeline.ready.wait()
+        await pipeline.run_responses()
 
     if settings.follow_registry:
         poll_s = max(float(settings.registry_poll_s), 0.1)

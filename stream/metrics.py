@@ -22,6 +22,15 @@ E2E_LATENCY = Histogram(
     "From the input record's Kafka timestamp to its verdict being acknowledged",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+RESPONSES_PENDING = Gauge(
+    "guardian_responses_pending",
+    "Generate-mode unsafe verdicts published whose response is not published yet",
+)
+RESPONSE_LATENCY = Histogram(
+    "guardian_response_latency_seconds",
+    "From a pending verdict's handover to the response stage to its response being acked",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
 CACHE_HITS = Counter("guardian_cache_hits_total", "Verdicts served from Redis")
 CACHE_MISSES = Counter("guardian_cache_misses_total", "Lookups that went to the model")
 CACHE_ERRORS = Counter("guardian_cache_errors_total", "Redis errors and timeouts (no cache)")

@@ -8,8 +8,12 @@ Topics (names come from settings, `GUARDIAN_TOPIC_*`); every value is UTF-8 JSON
 - queries   (input)  {schema_version?, id: str, text: str, policy?: str, locale?: str,
                       timestamp?: number|str, metadata?: object}; key: id or a session id,
                       whatever the producer chooses (ordering is per key).
-- verdicts  one `model.verdict.Verdict` per input id, key = id (the audit log).
-- responses unsafe only: {schema_version, id, response, category, language}, key = id.
+- verdicts  one `model.verdict.Verdict` per input id, key = id (the audit log); a
+            generate-mode unsafe one is published before its response is decoded, with
+            `response: null, response_pending: true`.
+- responses unsafe only, one per unsafe verdict: {schema_version, id, response, category,
+            language, error, model_id, model_version, policy_id, policy_version,
+            verdict_created_at}, key = id (see `response_record`).
 - flagged   unsafe and near-threshold verdicts with the query text (see `flagged_record`).
 - dlq       every input that could not be judged: {schema_version, reason, detail, id?,
             raw_b64, key_b64, source: {topic, partition, offset, timestamp}, failed_at,
@@ -185,13 +189,24 @@ def dlq_key(rejection: Rejection, key: bytes | None) -> bytes | None:
 
 
 def response_record(verdict: dict[str, Any]) -> dict[str, Any]:
-    """The value on the responses topic for an unsafe verdict."""
+    """The value on the responses topic for an unsafe verdict (complete: not pending).
+
+    `id` and `verdict_created_at` name the verdict it answers (the verdict's `id` and
+    `created_at`); `error` is set when the model's output could not be read or the
+    generation failed (then `response` is null).
+    """
     return {
         "schema_version": SCHEMA_VERSION,
         "id": verdict["id"],
         "response": verdict.get("response"),
         "category": verdict.get("category"),
         "language": verdict.get("response_language") or verdict.get("language"),
+        "error": verdict.get("error"),
+        "model_id": verdict.get("model_id") or "",
+        "model_version": verdict.get("model_version") or "",
+        "policy_id": verdict.get("policy_id") or "",
+        "policy_version": str(verdict.get("policy_version") or ""),
+        "verdict_created_at": verdict.get("created_at"),
     }
 
 

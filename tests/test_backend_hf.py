@@ -123,3 +123,68 @@ def test_one_pass_label_and_category_match_the_two_pass_reading(tiny_backend):
     two_pass = runner.pick_tokens([p + [loaded.tokens.unsafe] for p in prompts],
                                   loaded.tokens.category_ids)
     assert cats == two_pass
+
+
+def test_decide_never_decodes_and_marks_generate_mode_responses_pending(tiny_backend):
+    counter = _Counter(tiny_backend)
+    try:
+        verdicts, pending = tiny_backend.decide(QUERIES, ALWAYS_UNSAFE)
+    finally:
+        counter.close()
+    assert counter.generates == 0 and counter.forwards == 1
+    assert [p.id for p in pending] == [q.id for q in QUERIES]
+    for v, p in zip(verdicts, pending):
+        assert v.label == "unsafe" and v.category and p.verdict is v
+        assert v.response is None and v.response_pending and v.error is None
+        assert Verdict.from_dict(json.loads(v.to_json())) == v
+
+
+def test_decide_is_final_for_safe_template_and_none(tiny_backend):
+    template = policy_from_dict({"id": "t", "version": "1", "threshold": 0.0,
+                                 "response_mode": "template"})
+    none = policy_from_dict({"id": "n", "version": "1", "threshold": 0.0,
+                             "response_mode": "none"})
+    counter = _Counter(tiny_backend)
+    try:
+        safe, p_safe = tiny_backend.decide(QUERIES, NEVER_UNSAFE)
+        tmpl, p_tmpl = tiny_backend.decide(QUERIES, template)
+        nothing, p_none = tiny_backend.decide(QUERIES, none)
+    finally:
+        counter.close()
+    assert counter.generates == 0
+    assert p_safe == p_tmpl == p_none == []
+    assert all(v.label == "safe" and not v.response_pending for v in safe)
+    assert all(v.unsafe and v.response and not v.response_pending for v in tmpl)
+    assert all(v.unsafe and v.response is None and not v.response_pending for v in nothing)
+
+
+def test_respond_decodes_only_the_pending_ones(tiny_backend):
+    # "d" is forced unsafe by a rule; the others stay safe under a threshold of 1.0
+    forced = policy_from_dict({"id": "f", "version": "1", "threshold": 1.0,
+                               "force_harm": [{"name": "insult", "keyword": "쓰레기"}]})
+    verdicts, pending = tiny_backend.decide(QUERIES, forced)
+    assert [p.id for p in pending] == ["d"]
+    assert [v.label for v in verdicts] == ["safe", "safe", "safe", "unsafe"]
+    runner = tiny_backend.runner
+    seen: list[list[list[int]]] = []
+    real = runner.generate
+
+    def spy(prompts, max_new_tokens):
+        seen.append(prompts)
+        return real(prompts, max_new_tokens)
+
+    runner.generate = spy
+    try:
+        out = tiny_backend.respond(pending)
+        assert tiny_backend.respond([]) == {}
+    finally:
+        del runner.generate
+    assert len(seen) == 1 and seen[0] == [pending[0].prompt]
+    assert set(out) == {"d"}
+    response, error = out["d"]
+    assert response or error
+    # what judge returns is decide + respond
+    (full,) = [v for v in tiny_backend.judge(QUERIES, forced) if v.id == "d"]
+    assert (full.response, full.error) == (response, error) and not full.response_pending
+    final = pending[0].fill(response, error)
+    assert final.response == full.response and final.response_language == full.response_language

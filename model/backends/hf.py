@@ -143,3 +143,9 @@ class TransformersBackend:
 
     def judge(self, queries: Sequence[Query], policy: Policy) -> list[Verdict]:
         return self.engine.judge(queries, policy)
+
+    def decide(self, queries: Sequence[Query], policy: Policy):
+        return self.engine.decide(queries, policy)
+
+    def respond(self, pending):
+        return self.engine.respond(pending)

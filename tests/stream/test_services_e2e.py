@@ -258,3 +258,78 @@ def test_worker_follows_a_registry_promotion(stream_env, start_worker, kafka_boo
     assert 'version="v1"' not in metrics.split("guardian_model_info", 1)[1].split("# HELP")[0]
     assert 'guardian_registry_loads_total{outcome="loaded"} 1.0' in metrics
     assert worker.alive(), worker.tail()
+
+
+@pytest.mark.timeout(150)
+def test_generate_mode_verdicts_go_out_before_their_responses(stream_env, start_worker,
+                                                              kafka_bootstrap, tmp_path):
+    """Generate mode: every verdict is published at once (unsafe ones with
+    response_pending), each unsafe id then gets exactly one responses record; a repeat of
+    the same texts is served from Redis complete, response inline."""
+    tag = stream_env["GUARDIAN_APP_ID"][-8:]
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    gen, never = f"gen-{tag}", f"never-{tag}"
+    (policies / "gen.toml").write_text(
+        f'id = "{gen}"\nversion = "1"\nthreshold = 0.0\nresponse_mode = "generate"\n')
+    (policies / "never.toml").write_text(
+        f'id = "{never}"\nversion = "1"\nthreshold = 1.0\nresponse_mode = "generate"\n')
+    env = dict(stream_env, GUARDIAN_POLICY_DIR=str(policies))
+    vt, rt = env["GUARDIAN_TOPIC_VERDICTS"], env["GUARDIAN_TOPIC_RESPONSES"]
+
+    def records(prefix: str, n: int) -> list[tuple[bytes, bytes]]:
+        out = []
+        for i in range(n):
+            qid = f"{prefix}-{i}"
+            rec = {"id": qid, "text": f"query {tag} number {i}",
+                   "policy": gen if i % 3 else never}
+            out.append((qid.encode(), json.dumps(rec).encode()))
+        return out
+
+    first = records("g1", 60)
+    unsafe_want = {k.decode() for k, v in first if json.loads(v)["policy"] == gen}
+    worker = start_worker(env)
+    send_raw(kafka_bootstrap, env["GUARDIAN_TOPIC_QUERIES"], first)
+
+    def complete(o, want_ids, unsafe_ids) -> bool:
+        return (want_ids <= {v["id"] for v in o[vt]}
+                and unsafe_ids <= {r["id"] for r in o[rt]})
+
+    want = {k.decode() for k, _ in first}
+    out = collect(kafka_bootstrap, [vt, rt], lambda o: complete(o, want, unsafe_want), 90)
+    verdicts = {v["id"]: v for v in out[vt]}
+    assert set(verdicts) == want, f"missing {sorted(want - set(verdicts))[:5]}:\n{worker.tail()}"
+    assert len(out[vt]) == len(want), "exactly one verdict per id"
+    for qid, v in verdicts.items():
+        if qid in unsafe_want:
+            assert v["label"] == "unsafe" and v["response_pending"] is True, v
+            assert v["response"] is None and v["category"]
+        else:
+            assert v["label"] == "safe" and v["response_pending"] is False, v
+    responses = [r for r in out[rt] if r["id"] in want]
+    assert sorted(r["id"] for r in responses) == sorted(unsafe_want), "one response per unsafe"
+    for r in responses:
+        v = verdicts[r["id"]]
+        assert r["model_version"] == v["model_version"] and r["model_version"]
+        assert r["verdict_created_at"] == v["created_at"]
+        assert r["category"] == v["category"] and r["policy_id"] == gen
+        assert r["response"] is not None or r["error"]  # random weights: may not parse
+
+    # the same texts again: complete verdicts from the cache, responses inline and published
+    second = records("g2", 60)
+    want2 = {k.decode() for k, _ in second}
+    unsafe2 = {k.decode() for k, v in second if json.loads(v)["policy"] == gen}
+    send_raw(kafka_bootstrap, env["GUARDIAN_TOPIC_QUERIES"], second)
+    out = collect(kafka_bootstrap, [vt, rt], lambda o: complete(o, want2, unsafe2), 60)
+    again = {v["id"]: v for v in out[vt] if v["id"] in want2}
+    assert set(again) == want2, worker.tail()
+    assert all(v.get("cache_hit") for v in again.values()), "a repeat is a cache hit"
+    assert not any(v["response_pending"] for v in again.values())
+    by_text = {json.loads(v)["text"]: k.decode() for k, v in first}
+    for k, raw in second:
+        v = again[k.decode()]
+        if k.decode() in unsafe2:
+            before = [r for r in responses if r["id"] == by_text[json.loads(raw)["text"]]][0]
+            assert (v["response"], v["error"]) == (before["response"], before["error"])
+    assert sorted(r["id"] for r in out[rt] if r["id"] in want2) == sorted(unsafe2)
+    assert worker.alive(), worker.tail()
