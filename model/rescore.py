@@ -165,12 +165,15 @@ def rescore_file(
     store: PolicyStore,
     default_policy: Policy | str,
     batch_size: int = 64,
-    errors: TextIO = sys.stderr,
+    errors: TextIO | None = None,
     progress: bool = True,
 ) -> RescoreReport:
     report = RescoreReport()
     done = existing_ids(output_path)
     total = sum(1 for _ in input_path.open("rb"))
+    # sys.stderr read at call time: a default bound at import keeps whatever stream was
+    # current then (a test's capture, closed since)
+    errors = errors if errors is not None else sys.stderr
     items = _read_items(_numbered_lines(input_path), store, default_policy, done, report, errors)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with output_path.open("a", encoding="utf-8") as out, tqdm(
