@@ -150,6 +150,11 @@ def _meta_value(key: str, *folders: Path | None) -> str | None:
     return value
 
 
+def _version(hint: str | None, settings: GuardianSettings, *folders: Path) -> str:
+    """A registry name first, then GUARDIAN_MODEL_VERSION, then the folders' metadata."""
+    return hint or settings.model_version or _meta_value("version", *folders) or "unversioned"
+
+
 def _resolve_base(
     base: Path, settings: GuardianSettings, ref: str, version_hint: str | None = None
 ) -> ResolvedModel:
@@ -163,10 +168,7 @@ def _resolve_base(
         token_map=tokens,
         token_map_dir=base if tokens is not None else None,
         model_id=_meta_value("model_id", base) or base.name,
-        version=version_hint
-        or settings.model_version
-        or _meta_value("version", base)
-        or "unversioned",
+        version=_version(version_hint, settings, base),
         dtype=_dtype_name(settings),
         ref=ref,
     )
@@ -195,10 +197,7 @@ def _resolve_adapter(
         token_map=tokens,
         token_map_dir=folder if own is not None else base,
         model_id=_meta_value("model_id", base, folder) or folder.name,
-        version=version_hint
-        or settings.model_version
-        or _meta_value("version", base, folder)
-        or "unversioned",
+        version=_version(version_hint, settings, base, folder),
         dtype=_dtype_name(settings),
         ref=ref,
     )
@@ -233,10 +232,7 @@ def _resolve_model_folder(
         token_map=tokens,
         token_map_dir=folder,
         model_id=_meta_value("model_id", folder) or folder.name,
-        version=version_hint
-        or settings.model_version
-        or _meta_value("version", folder)
-        or "unversioned",
+        version=_version(version_hint, settings, folder),
         dtype=_dtype_name(settings),
         ref=ref,
     )
