@@ -139,14 +139,16 @@ def probe_features(settings, texts: list[str], layer: int, progress: bool = True
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from model.loading import base_dir_for, load_token_map
+    from model.loading import assign_special_tokens
     from model.prompt import build_prompt_ids
+    from model.resolve import resolve_model
     from training.prefix_cache import lower_states, right_padded
 
-    base = base_dir_for(settings)
-    tok = AutoTokenizer.from_pretrained(str(base))
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
-    tokens = load_token_map(base)
+    resolved = resolve_model(settings, "none")  # the frozen base, as serving would load it
+    tok = AutoTokenizer.from_pretrained(str(resolved.tokenizer_dir))
+    model = AutoModelForCausalLM.from_pretrained(
+        str(resolved.weights_dir), dtype=torch.float32).eval()
+    tokens = resolved.token_map or assign_special_tokens(tok, model)
     layer = min(layer, model.config.num_hidden_layers)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     from model.language import detect_language
