@@ -24,8 +24,19 @@ RESPONSES_FILE = "safety_responses.jsonl"
 
 
 def default_seed_dir() -> Path:
-    """data/seeds in the repository (relative to this package, never a machine path)."""
-    return Path(__file__).resolve().parent.parent / "data" / "seeds"
+    """data/seeds of the checkout this package runs from; outside a checkout (an installed
+    wheel) the copy the wheel ships as the package `guardian_seeds`. Never a machine path."""
+    checkout = Path(__file__).resolve().parent.parent / "data" / "seeds"
+    if (checkout / RESPONSES_FILE).is_file():
+        return checkout
+    from importlib.util import find_spec
+
+    # a data-only package (no __init__.py): its folder is a search location, not a file
+    spec = find_spec("guardian_seeds")
+    for where in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(where) / RESPONSES_FILE).is_file():
+            return Path(where)
+    return checkout  # neither: the readers then find no files and say so
 
 
 def _jsonl(path: Path) -> list[dict]:
