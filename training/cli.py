@@ -105,9 +105,28 @@ def _eval_fn(settings: GuardianSettings, dataset_dir: str, limit: int | None):
 
 def _recipe(args) -> str:
     stepped = args.steps or args.stage1_steps is not None or args.stage2_steps is not None
-    if args.full or args.init_from:
+    if args.full:
         return "legacy"
-    return args.recipe or ("legacy" if stepped else "cached")
+    # continuing an adapter: legacy unless asked (the cached recipe needs its own layout)
+    return args.recipe or ("legacy" if stepped or args.init_from else "cached")
+
+
+def _source_caps(pairs: list[str] | None) -> dict | None:
+    """--source-cap SOURCE=N (repeatable) over the mix's default caps; N=0 lifts a cap."""
+    if not pairs:
+        return None
+    from training.mix import DEFAULT_CAPS
+
+    caps = dict(DEFAULT_CAPS)
+    for pair in pairs:
+        source, sep, n = pair.partition("=")
+        if not sep or not n.strip().isdigit():
+            raise SystemExit(f"--source-cap wants SOURCE=N, got {pair!r}")
+        if int(n) == 0:
+            caps.pop(source.strip(), None)
+        else:
+            caps[source.strip()] = int(n)
+    return caps
 
 
 def cmd_train(args) -> int:
@@ -137,6 +156,7 @@ def cmd_train(args) -> int:
         train_layers=args.train_layers,
         max_tokens=args.max_tokens,
         resume=args.resume,
+        source_caps=_source_caps(args.source_cap),
     )
     rows = _train_rows(s.dataset_dir)
     eval_fn = _eval_fn(s, s.dataset_dir, args.eval_limit) if args.eval_limit else None
@@ -199,6 +219,25 @@ def cmd_suite(args) -> int:
     return 0
 
 
+def parse_since(value: str | None, now: float | None = None) -> float | None:
+    """`--since`: ISO-8601, epoch seconds, or an age like 90m / 24h / 7d -> epoch seconds."""
+    if not value:
+        return None
+    import re
+    import time
+
+    from model.verdict_diff import parse_time_ms
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhd])\s*", value)
+    if m:
+        unit = {"m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return (time.time() if now is None else now) - float(m.group(1)) * unit
+    try:
+        return parse_time_ms(value) / 1000.0
+    except ValueError as exc:
+        raise SystemExit(f"--since: {exc}; or an age like 24h / 7d") from None
+
+
 def cmd_retrain(args) -> int:
     from training.evaluate import load_eval_sets
     from training.retrain import retrain
@@ -219,6 +258,9 @@ def cmd_retrain(args) -> int:
         eval_sets=load_eval_sets(s.dataset_dir),
         relabel=relabel,
         steps=args.steps,
+        max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+        since=parse_since(args.since),
+        merge=args.merge,
         responses=ResponseBank.load(default_seed_dir()),
         progress=True,
         eval_limit=args.eval_limit,
@@ -233,7 +275,8 @@ def register(subparsers) -> None:
     b = dsub.add_parser("build", help="public files + seeds -> deduplicated DatasetDict + stats")
     b.add_argument("--data-dir", help="public data folder (setting data_dir)")
     b.add_argument("--dataset-dir", help="output folder (setting dataset_dir)")
-    b.add_argument("--seed-dir", help="seed folder (default: data/seeds in the repo)")
+    b.add_argument("--seed-dir",
+                   help="seed folder (default: data/seeds; an installed wheel ships a copy)")
     b.add_argument("--synth-dir", help="output of `data synth` to include")
     b.set_defaults(func=cmd_build)
     sy = dsub.add_parser("synth", help="generate questions and responses with the teacher LLM")
@@ -262,13 +305,17 @@ def register(subparsers) -> None:
     t.add_argument("--recipe", choices=("cached", "legacy"),
                    help="cached: top layers over cached lower-layer states, in epochs (the "
                    "default); legacy: every layer, sampled steps (the default when --steps, "
-                   "--stage1/2-steps, --full or --init-from is given)")
+                   "--stage1/2-steps, --full or --init-from is given; --init-from with "
+                   "--recipe cached continues an adapter of the cached layout)")
     t.add_argument("--stage1-epochs", type=float, help="cached recipe: SFT epochs over the mix")
     t.add_argument("--stage2-epochs", type=float, help="cached recipe: multi-task epochs")
     t.add_argument("--train-layers", type=int, help="cached recipe: top layers given LoRA")
     t.add_argument("--max-tokens", type=int, help="query tokens kept (setting train_max_tokens)")
     t.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint beside --out (same data order)")
+    t.add_argument("--source-cap", action="append", metavar="SOURCE=N",
+                   help="cached recipe: rows of SOURCE per epoch (default caps: training/mix.py; "
+                   "0 = no cap); repeatable")
     t.set_defaults(func=cmd_train)
 
     su = subparsers.add_parser(
@@ -307,6 +354,11 @@ def register(subparsers) -> None:
     r.add_argument("--registry-dir")
     r.add_argument("--flagged-table-dir")
     r.add_argument("--review-file")
-    r.add_argument("--steps", type=int)
+    r.add_argument("--steps", type=int, help="training step budget (setting train_steps)")
+    r.add_argument("--max-minutes", type=float,
+                   help="training time budget: stop there and evaluate what was learnt")
+    r.add_argument("--since", help="only traffic flagged since: ISO-8601, epoch s, or 24h / 7d")
+    r.add_argument("--merge", action="store_true",
+                   help="on promotion also write the merged folder (what vLLM workers serve)")
     r.add_argument("--eval-limit", type=int, help="first N held-out examples per source")
     r.set_defaults(func=cmd_retrain)

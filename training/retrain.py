@@ -1,13 +1,19 @@
 """`guardian retrain`: learn from flagged traffic, promote only when nothing regresses.
 
 1. Read the flagged table the stream writes (partitioned Parquet,
-   `date=YYYY-MM-DD/hour=HH/*.parquet`, extra columns tolerated).
+   `date=YYYY-MM-DD/hour=HH/*.parquet`, extra columns tolerated), optionally only the rows
+   flagged since a time (`--since`).
 2. Labels: a reviewer file (JSONL `id,label,category`) wins; rows without a review are
    relabelled by the teacher endpoint when one is configured; otherwise they are left out
    (the model's own verdicts are never trusted as labels).
 3. Mix with base training data: `retrain_base_ratio` base examples per flagged example.
-4. Fine-tune from the current registry version into `versions/vN` (continuing its adapter).
-5. Evaluate old and new on the same held-out sets; promote (atomic `current` pointer) only
+4. Fine-tune from the current registry version into `versions/vN` (continuing its adapter),
+   within a step budget (`--steps`) and a time budget (`--max-minutes`): a nightly job must
+   end before the morning whatever the table holds.
+5. Re-score that recent traffic with the candidate and diff it against the verdicts that
+   were served (flips either way, per category, examples: `traffic_diff.json` / `.md`), so
+   a reviewer sees what the promotion would change for real users, not only test scores.
+6. Evaluate old and new on the same held-out sets; promote (atomic `current` pointer) only
    if, on every set, weighted F1 and unsafe F1 do not drop by more than `max_regression`.
    The decision and its reason are written to `versions/vN/retrain_report.json`.
 """
@@ -30,19 +36,89 @@ from model.taxonomy import CATEGORY_IDS
 COMPARED = ("weighted_f1", "unsafe_f1")
 
 
-def read_flagged(table_dir: str | Path) -> list[dict]:
+#: Columns of the flagged table the job reads (the served verdict and where it came from).
+FLAGGED_COLUMNS = (
+    "id", "text", "label", "category", "response", "unsafe_score", "policy_id",
+    "model_version", "created_at", "near_threshold",
+)
+TRAFFIC_DIFF_JSON = "traffic_diff.json"
+TRAFFIC_DIFF_MD = "traffic_diff.md"
+
+
+def read_flagged(table_dir: str | Path, since: float | None = None) -> list[dict]:
+    """Rows of the flagged table; with `since` (epoch seconds) only those flagged since then
+    (by the row's `created_at`; whole partitions older than the hour of `since` are not read)."""
     root = Path(table_dir)
     # the stream's sink writes dot-prefixed temp files and os.replace()s them: skip those
     files = sorted(
-        str(p) for p in root.glob("date=*/hour=*/*.parquet") if not p.name.startswith(".")
+        p for p in root.glob("date=*/hour=*/*.parquet") if not p.name.startswith(".")
     )
+    if since is not None:
+        first = time.strftime("date=%Y-%m-%d/hour=%H", time.gmtime(since))
+        files = [p for p in files if f"{p.parent.parent.name}/{p.parent.name}" >= first]
     if not files:
         return []
     from datasets import load_dataset
 
-    ds = load_dataset("parquet", data_files=files, split="train")
-    keep = [c for c in ("id", "text", "label", "category", "response") if c in ds.column_names]
-    return [{k: r.get(k) for k in keep} for r in ds.select_columns(keep)]
+    ds = load_dataset("parquet", data_files=[str(p) for p in files], split="train")
+    keep = [c for c in FLAGGED_COLUMNS if c in ds.column_names]
+    rows = [{k: r.get(k) for k in keep} for r in ds.select_columns(keep)]
+    if since is not None:
+        rows = [r for r in rows if float(r.get("created_at") or 0.0) >= since]
+    return rows
+
+
+def served_verdicts(flagged: list[dict]) -> dict[str, dict]:
+    """The last served verdict per id in the flagged rows (a record can be flagged again
+    after a restart: at-least-once), as verdict dicts for model.verdict_diff."""
+    out: dict[str, dict] = {}
+    for r in sorted(flagged, key=lambda r: float(r.get("created_at") or 0.0)):
+        if r.get("text") and r.get("label") in ("safe", "unsafe"):
+            out[str(r["id"])] = r
+    return out
+
+
+def traffic_diff(
+    flagged: list[dict], judge: Callable[[list[dict]], dict[str, dict]], *, examples: int = 10
+) -> dict:
+    """Re-judge the recent flagged traffic with the candidate (`judge`: rows -> id ->
+    verdict dict) and diff it against what was served."""
+    from model.verdict_diff import diff_verdicts
+
+    served = served_verdicts(flagged)
+    new = judge(list(served.values())) if served else {}
+    texts = {vid: r["text"] for vid, r in served.items()}
+    return diff_verdicts(new, served, texts=texts, examples=examples)
+
+
+def candidate_judge(settings: GuardianSettings, adapter: Path) -> Callable:
+    """rows -> {id: verdict dict}: the candidate under each row's served policy (the
+    language default when that policy is gone), in the model's batches."""
+    from model.backends import create_backend
+    from model.engine import Query
+    from model.policy import PolicyError, PolicyStore
+
+    backend = create_backend(settings.model_copy(update={"adapter": str(adapter)}))
+    store = PolicyStore.from_settings(settings)
+
+    def judge(rows: list[dict]) -> dict[str, dict]:
+        groups: dict[str, tuple] = {}
+        for r in rows:
+            try:
+                policy = store.for_text(r.get("policy_id") or None, r["text"])
+            except PolicyError:
+                policy = store.for_text(None, r["text"])
+            groups.setdefault(policy.key, (policy, []))[1].append(r)
+        out = {}
+        for policy, members in groups.values():
+            for i in range(0, len(members), settings.batch_size):
+                chunk = members[i : i + settings.batch_size]
+                verdicts = backend.judge([Query(str(r["id"]), r["text"]) for r in chunk], policy)
+                for r, v in zip(chunk, verdicts, strict=True):
+                    out[str(r["id"])] = v.to_dict() | {"id": str(r["id"])}
+        return out
+
+    return judge
 
 
 def read_reviews(path: str | Path | None) -> dict[str, dict]:
@@ -139,11 +215,16 @@ def retrain(
     train_fn: Callable | None = None,
     eval_fn: Callable[[Path | None], dict] | None = None,
     steps: int | None = None,
+    max_seconds: float | None = None,
+    since: float | None = None,
+    judge_fn: Callable[[Path], Callable] | None = None,
+    merge: bool = False,
     responses=None,
     progress: bool = False,
     eval_limit: int | None = None,
 ) -> dict:
-    """Run one retraining round; returns the decision report."""
+    """Run one retraining round; returns the decision report. `steps` and `max_seconds`
+    bound the training; `since` (epoch seconds) limits it to traffic flagged since then."""
     from training.train import TrainConfig, train
 
     reg = Registry(settings.registry_dir)
@@ -157,11 +238,12 @@ def retrain(
         # Named by its folder: the report and the new model card must not carry this
         # machine's path (the same rule as training.train._drop_local_base_path).
         old_version = f"serving adapter {old_path.name}" if old_path else None
-    flagged = read_flagged(settings.flagged_table_dir)
+    flagged = read_flagged(settings.flagged_table_dir, since=since)
     new_rows, counts = label_flagged(flagged, read_reviews(settings.review_file), relabel)
     report: dict = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "old_version": old_version,
+        "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)) if since else None,
         "flagged_rows": len(flagged),
         "labels": counts,
     }
@@ -195,7 +277,28 @@ def retrain(
     )
     if steps is not None:
         cfg.stage1_steps, cfg.stage2_steps = steps // 2, steps - steps // 2
-    (train_fn or train)(settings, cfg, rows, responses=responses, progress=progress)
+    if max_seconds:
+        cfg.max_seconds = float(max_seconds)
+    info = (train_fn or train)(settings, cfg, rows, responses=responses, progress=progress)
+    report["training"] = {
+        k: info.get(k) for k in ("steps_run", "train_seconds", "stopped_by_budget")
+        if isinstance(info, dict) and k in info
+    }
+    diff = traffic_diff(flagged, (judge_fn or (lambda a: candidate_judge(settings, a)))(out))
+    from model.verdict_diff import diff_markdown
+
+    (out / TRAFFIC_DIFF_JSON).write_text(json.dumps(diff, indent=2, ensure_ascii=False) + "\n")
+    (out / TRAFFIC_DIFF_MD).write_text(diff_markdown(diff, {
+        "candidate": version, "served by": old_version or "-",
+        "traffic": f"flagged table rows since {report['since'] or 'the start'}",
+    }))
+    report["traffic_diff"] = {
+        "file": TRAFFIC_DIFF_MD,
+        "judged": diff["judged"],
+        "safe_to_unsafe": diff["safe_to_unsafe"]["count"],
+        "unsafe_to_safe": diff["unsafe_to_safe"]["count"],
+        "category_changed": diff["category_changes"]["count"],
+    }
     new_scores = eval_fn(out)
     old_scores = eval_fn(old_path) if old_path else None
     report.update(new_version=version, new_scores=new_scores, old_scores=old_scores)
@@ -210,8 +313,12 @@ def retrain(
         eval={"new": new_scores, "old": old_scores, "report": "retrain_report.json"},
     )
     if ok:
-        reg.promote(version)
-        report.update(promoted=True, reason="; ".join(reasons) or "no regression on any set")
+        # vLLM workers serve a merged folder: `merge` writes it before the pointer moves
+        reg.promote(version, merge=merge, settings=settings)
+        # workers that follow the registry through Redis see the new pointer at once
+        published = reg.publish_current(settings.redis_url)
+        report.update(promoted=True, reason="; ".join(reasons) or "no regression on any set",
+                      published=published)
     else:
         report.update(promoted=False, reason="regression: " + "; ".join(reasons))
     (out / "retrain_report.json").write_text(

@@ -55,7 +55,7 @@ class TrainConfig:
     data_note: str = ""
     extra: dict = field(default_factory=dict)
     # "cached" (train_cached.py: top layers over cached lower-layer states, epochs) or
-    # "legacy" (every layer, sampled steps; also what --full and --init-from use)
+    # "legacy" (every layer, sampled steps; also what --full uses)
     recipe: str = "legacy"
     train_layers: int = 6
     stage1_epochs: float = 2.0
@@ -64,6 +64,9 @@ class TrainConfig:
     resume: bool = False
     cache_dir: str = ""
     source_caps: dict | None = None
+    # a time budget (seconds, 0 = none): training stops there and saves what it has, with
+    # `stopped_by_budget` in its info (the retrain job's nightly window)
+    max_seconds: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: GuardianSettings, out_dir: str, **kw) -> TrainConfig:
@@ -299,9 +302,9 @@ def train(
 ) -> dict:
     """Run both stages and save the folder; returns {"out_dir", "losses", ...}."""
     if cfg.recipe == "cached":
-        if cfg.full or cfg.init_from:
-            raise ValueError("the cached recipe trains fresh LoRA on the top layers: "
-                             "use recipe 'legacy' with --full or --init-from")
+        if cfg.full:
+            raise ValueError("the cached recipe trains LoRA on the top layers: "
+                             "use recipe 'legacy' with --full")
         from training.train_cached import train_cached
 
         return train_cached(
@@ -324,8 +327,12 @@ def train(
     stages = [("sft", cfg.stage1_steps, False), ("multitask", cfg.stage2_steps, True)]
     t0 = time.time()
     bar = tqdm(total=total, disable=not progress, desc="train")
+    steps_run, stopped = 0, False
     for stage, steps, with_resp in stages:
         for _ in range(steps):
+            if cfg.max_seconds and time.time() - t0 > cfg.max_seconds:
+                stopped = True
+                break
             batch = [
                 encode_example(tokenizer, tokens, mixer.sample(with_resp), cfg.max_tokens)
                 for _ in range(cfg.batch_size)
@@ -337,10 +344,15 @@ def train(
             losses.append(float(loss.detach()))
             bar.set_postfix(stage=stage, loss=f"{losses[-1]:.3f}")
             bar.update(1)
+            steps_run += 1
+        if stopped:
+            break
     bar.close()
     model.eval()
     info = {
         "losses": losses,
+        "steps_run": steps_run,
+        "stopped_by_budget": stopped,
         "train_seconds": time.time() - t0,
         "device": device,
         "trainable_params": sum(p.numel() for p in params),

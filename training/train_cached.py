@@ -26,8 +26,9 @@ import random
 import time
 from pathlib import Path
 
-from model.loading import assign_special_tokens, base_dir_for, load_token_map
+from model.loading import assign_special_tokens
 from model.prompt import build_answer_ids, build_prompt_ids
+from model.resolve import resolve_model
 from model.settings import GuardianSettings
 from model.taxonomy import CATEGORY_IDS
 from training.mix import curated_mix
@@ -97,30 +98,61 @@ def bucketed_batches(indices: list[int], lengths: list[int], batch_size: int, se
     return batches
 
 
+def _matching_adapter(adapter_dir: Path, cfg, split: int, n_layers: int) -> None:
+    """A continued adapter must have the LoRA layout this recipe trains: the same rank and
+    exactly the top layers, no trained token rows (the cached states below `split` would
+    otherwise be stale)."""
+    import json
+
+    conf = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    layers = conf.get("layers_to_transform")
+    want = list(range(split, n_layers))
+    problems = []
+    if conf.get("r") != cfg.lora_r:
+        problems.append(f"rank {conf.get('r')} (this run: {cfg.lora_r})")
+    if layers is None or sorted(layers) != want:
+        problems.append(f"layers {layers or 'all'} (this run: {split}-{n_layers - 1})")
+    if conf.get("trainable_token_indices"):
+        problems.append("trained token rows")
+    if problems:
+        raise ValueError(
+            f"--init-from {adapter_dir.name}: the cached recipe continues only an adapter of "
+            f"its own layout; this one has {', '.join(problems)}. Use --recipe legacy."
+        )
+
+
 def load_cached_model(settings: GuardianSettings, cfg):
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = settings.resolved_device()
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    base = base_dir_for(settings)
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
-    tokens = load_token_map(base) or assign_special_tokens(tokenizer, model)
+    # the same resolver as serving and the legacy recipe: the base, the adapter continued from
+    resolved = resolve_model(settings, cfg.init_from or "none")
+    if resolved.kind == "merged":
+        raise ValueError("the cached recipe continues an adapter, not a merged model folder")
+    base = resolved.base_dir
+    tokenizer = AutoTokenizer.from_pretrained(str(resolved.tokenizer_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(resolved.weights_dir), dtype=dtype)
+    tokens = resolved.token_map or assign_special_tokens(tokenizer, model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     n_layers = model.config.num_hidden_layers
     split = max(1, n_layers - cfg.train_layers)
-    lcfg = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=2 * cfg.lora_r,
-        lora_dropout=0.0,
-        target_modules=LORA_TARGETS,
-        layers_to_transform=list(range(split, n_layers)),
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lcfg)
+    if resolved.adapter_dir is not None:
+        _matching_adapter(resolved.adapter_dir, cfg, split, n_layers)
+        model = PeftModel.from_pretrained(model, str(resolved.adapter_dir), is_trainable=True)
+    else:
+        lcfg = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=2 * cfg.lora_r,
+            lora_dropout=0.0,
+            target_modules=LORA_TARGETS,
+            layers_to_transform=list(range(split, n_layers)),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lcfg)
     model.to(device)
     return model, tokenizer, tokens, base, device, split
 
@@ -223,6 +255,7 @@ def train_cached(
     done = 0
     limit = total if max_steps is None else min(total, step + max_steps)
     offset = 0
+    budget_hit = False
     for stage, members, steps, multitask in plan:
         if step >= offset + steps:
             offset += steps
@@ -235,6 +268,9 @@ def train_cached(
         s = step - offset
         batches, batches_epoch = [], None
         while s < steps and step < limit:
+            if cfg.max_seconds and time.time() - t0 > cfg.max_seconds:
+                budget_hit = True
+                break
             epoch, k = divmod(s, per_epoch)
             if epoch != batches_epoch:
                 batches = bucketed_batches(
@@ -287,7 +323,7 @@ def train_cached(
             if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
                 write_checkpoint()
                 last_ckpt = time.time()
-        if step >= limit:
+        if step >= limit or budget_hit:
             break
         offset += steps
         write_checkpoint()
@@ -308,8 +344,9 @@ def train_cached(
         "split_layer": split,
         "stage_steps": {p[0]: p[2] for p in plan},
         "finished": step >= total,
+        "stopped_by_budget": budget_hit,
     }
-    if step < total:
+    if step < total and not budget_hit:  # stopped by max_steps: resumable, nothing saved
         write_checkpoint()
         top.restore()
         return info

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 
 from training.evaluate import EvalExample
 from training.registry import Registry
-from training.retrain import compare, label_flagged, read_flagged, retrain
+from training.retrain import compare, label_flagged, read_flagged, retrain, traffic_diff
 
 from .test_train_eval import ROWS
 
@@ -92,6 +92,14 @@ def test_retrain_promotes_better_and_refuses_worse(tiny_settings, tmp_path):
     assert r1["promoted"] and reg.current() == "v1"
     assert set(r1["new_scores"]["fx"]) == {"weighted_f1", "unsafe_f1"}
     assert (reg.path("v1") / "guardian_model.json").is_file()
+    # the candidate re-judged the served flagged traffic: q1..q3, all with a served verdict
+    diff = json.loads((reg.path("v1") / "traffic_diff.json").read_text())
+    assert diff["judged"] == diff["compared"] == 3
+    assert r1["traffic_diff"]["judged"] == 3
+    flips = r1["traffic_diff"]["safe_to_unsafe"] + r1["traffic_diff"]["unsafe_to_safe"]
+    assert flips + diff["unchanged_label"] == 3
+    assert diff["labels"]["prior"] == {"safe": 1, "unsafe": 2}  # what the table says was served
+    assert "# Re-scoring diff" in (reg.path("v1") / "traffic_diff.md").read_text()
 
     def scripted(new_version, new_f1):
         def eval_fn(adapter):
@@ -140,7 +148,8 @@ def test_first_round_continues_from_the_serving_adapter(tiny_settings, tmp_path)
         return {"fx": {"weighted_f1": f1, "unsafe_f1": f1}}
 
     r = retrain(
-        settings, base_rows=ROWS, eval_sets={}, steps=2, train_fn=train_fn, eval_fn=eval_fn
+        settings, base_rows=ROWS, eval_sets={}, steps=2, train_fn=train_fn, eval_fn=eval_fn,
+        judge_fn=lambda adapter: lambda rows: {},
     )
     assert seen["init_from"] == str(serving)
     assert r["old_scores"] == {"fx": {"weighted_f1": 0.8, "unsafe_f1": 0.8}}
@@ -187,3 +196,43 @@ def test_reads_the_table_the_stream_sink_writes(tmp_path):
     (sink.partition_dir(tmp_path, 1764054000.0) / ".part-y.parquet").write_bytes(b"partial")
     got = read_flagged(tmp_path)
     assert [g["id"] for g in got] == ["s0", "s1", "s2"] and got[0]["text"] == "query 0"
+
+
+def test_since_keeps_recent_flagged_rows_only(tmp_path):
+    write_flagged(tmp_path / "flagged")  # created_at 1.0, 2.0, 3.0 in hour 07 of 2026-11-25
+    assert [f["id"] for f in read_flagged(tmp_path / "flagged", since=2.0)] == ["q2", "q3"]
+    late = 1_795_000_000.0  # 2026-11-18: the partition (2026-11-25) is read, rows filtered
+    assert read_flagged(tmp_path / "flagged", since=late) == []
+    from training.cli import parse_since
+
+    assert parse_since("24h", now=100_000.0) == 100_000.0 - 86_400
+    assert parse_since("2026-11-25T07:00:00Z") == 1_795_590_000.0
+    assert parse_since(None) is None
+
+
+def test_traffic_diff_counts_flips_against_the_served_verdicts():
+    served = [
+        {"id": "a", "text": "x", "label": "safe", "category": None, "created_at": 1.0},
+        {"id": "b", "text": "y", "label": "unsafe", "category": "crime_advice", "created_at": 1.0},
+        {"id": "b", "text": "y", "label": "unsafe", "category": "privacy_violation",
+         "created_at": 2.0},  # flagged twice: the later verdict is the served one
+    ]
+
+    def judge(rows):
+        assert sorted(r["id"] for r in rows) == ["a", "b"]
+        return {"a": {"label": "unsafe", "category": "insult_offensiveness"},
+                "b": {"label": "unsafe", "category": "crime_advice"}}
+
+    diff = traffic_diff(served, judge)
+    assert diff["safe_to_unsafe"]["count"] == 1 and diff["unsafe_to_safe"]["count"] == 0
+    assert diff["category_changes"]["by_pair"] == {"privacy_violation -> crime_advice": 1}
+
+
+def test_a_time_budget_stops_training_and_keeps_what_it_learnt(tiny_settings, tmp_path):
+    from training.train import TrainConfig, train
+
+    cfg = TrainConfig(out_dir=str(tmp_path / "b"), stage1_steps=10_000, stage2_steps=10_000,
+                      batch_size=2, lora_r=4, max_seconds=2.0, version="b1")
+    info = train(tiny_settings, cfg, ROWS, progress=False)
+    assert info["stopped_by_budget"] and 0 < info["steps_run"] < 20_000
+    assert (tmp_path / "b" / "adapter_config.json").is_file()

@@ -122,3 +122,29 @@ def test_a_stopped_run_resumes_onto_the_weights_of_an_unbroken_one(tiny_settings
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_init_from_continues_a_cached_adapter_from_its_weights(tiny_settings, tmp_path):
+    first = train(tiny_settings, _cfg(tmp_path, "first"), ROWS, responses=BANK, progress=False)
+    assert first["finished"]
+    cfg = _cfg(tmp_path, "next", init_from=str(tmp_path / "first"), version="c2")
+    model, *_ = load_cached_model(tiny_settings, cfg)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "first" / "adapter_model.safetensors"))
+    lora_b = {n: p for n, p in model.named_parameters() if "lora_B" in n}
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b.values())  # not a fresh LoRA
+    assert len([k for k in saved if "lora_B" in k]) == len(lora_b)
+    again = train(tiny_settings, cfg, ROWS, responses=BANK, progress=False)
+    assert again["finished"]
+    # continued from trained weights: its first loss starts where the first run ended
+    assert again["losses"][0] < first["losses"][0]
+
+
+def test_init_from_refuses_an_adapter_of_another_layout(tiny_settings, tmp_path):
+    import pytest
+
+    train(tiny_settings, _cfg(tmp_path, "one"), ROWS, responses=BANK, progress=False)
+    cfg = _cfg(tmp_path, "two", init_from=str(tmp_path / "one"), lora_r=8)
+    with pytest.raises(ValueError, match="layout"):
+        load_cached_model(tiny_settings, cfg)
