@@ -106,9 +106,14 @@ class Registry:
         ]
         return sorted(found, key=lambda v: int(v[1:]))
 
-    def next_version(self) -> str:
+    def next_version(self, after: str | None = None) -> str:
+        """The next free vN; `after` (the version serving now, e.g. the shipped v3 when the
+        registry is still empty) keeps a new version from reusing an older number."""
         vs = self.list_versions()
-        return f"v{int(vs[-1][1:]) + 1 if vs else 1}"
+        n = int(vs[-1][1:]) if vs else 0
+        if after and VERSION_RE.fullmatch(after):
+            n = max(n, int(after[1:]))
+        return f"v{n + 1}"
 
     def path(self, version: str) -> Path:
         return self.versions / version

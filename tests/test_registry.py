@@ -226,3 +226,12 @@ def test_cli_through_the_installed_entry_point(tmp_path):
         check=True, capture_output=True, text=True, env=env,
     ).stdout
     assert "*v1\tcurrent" in out
+
+
+def test_next_version_is_numbered_after_the_serving_one(tmp_path):
+    reg = Registry(tmp_path / "reg")
+    assert reg.next_version() == "v1"
+    assert reg.next_version(after="v3") == "v4"  # empty registry, the shipped v3 serving
+    (tmp_path / "reg" / "versions" / "v7").mkdir(parents=True)
+    assert reg.next_version(after="v3") == "v8"
+    assert reg.next_version(after="unversioned") == "v8"

@@ -206,6 +206,19 @@ def compare(old: dict, new: dict, max_regression: float) -> tuple[bool, list[str
     return not reasons, reasons
 
 
+def _serving_version(settings: GuardianSettings, adapter: Path | None) -> str | None:
+    """The version stamp of what serves outside the registry (the shipped guardian's
+    `v3`), so the first registry version is numbered after it, not `v1` again."""
+    if adapter is None:
+        return None
+    from model.resolve import resolve_model
+
+    try:
+        return resolve_model(settings, adapter).version
+    except Exception:  # noqa: BLE001 - numbering only; the training step reports real errors
+        return None
+
+
 def retrain(
     settings: GuardianSettings,
     *,
@@ -238,6 +251,7 @@ def retrain(
         # Named by its folder: the report and the new model card must not carry this
         # machine's path (the same rule as training.train._drop_local_base_path).
         old_version = f"serving adapter {old_path.name}" if old_path else None
+    serving_version = _serving_version(settings, old_path) if registry_parent is None else None
     flagged = read_flagged(settings.flagged_table_dir, since=since)
     new_rows, counts = label_flagged(flagged, read_reviews(settings.review_file), relabel)
     report: dict = {
@@ -251,7 +265,7 @@ def retrain(
         report.update(promoted=False, reason="no labelled flagged examples: nothing to learn")
         return report
     rows = mix(new_rows, base_rows, settings.retrain_base_ratio)
-    version = reg.next_version()
+    version = reg.next_version(after=serving_version)
     out = reg.path(version)
     if eval_fn is None:
 
