@@ -12,6 +12,17 @@ set. Without --model it builds the tiny test model (figures then say nothing abo
 model, only about the plumbing).
 
     python benchmarks/stream_throughput.py --n 300
+
+Open loop (`--rate R`): a search backend does not wait for the guardian, so queries are
+produced at a fixed arrival rate for `--duration` seconds while verdicts and responses are
+read as they come; it prints p50/p95/p99 of produce-to-verdict latency for safe and for
+unsafe verdicts separately, and of produce-to-response latency. `--rate find` steps the
+rate up (x1.5) until the worker falls behind (verdicts arrive at under 95% of the arrival
+rate, or p99 exceeds `--max-p99-s`), calls the last rate it kept up with sustainable, and
+then measures at half of it:
+
+    python benchmarks/stream_throughput.py --rate 20 --duration 30
+    python benchmarks/stream_throughput.py --rate find
 """
 
 from __future__ import annotations
@@ -87,8 +98,8 @@ def summarise(name: str, sent: dict[str, float], got: dict[str, float]) -> dict:
     return res
 
 
-def run_pipeline(env: dict[str, str], n: int, timeout: float) -> dict:
-    s = GuardianSettings()
+def start_worker(env: dict[str, str]) -> subprocess.Popen:
+    """`guardian worker` as a subprocess, returned once healthy and assigned."""
     port = env["GUARDIAN_METRICS_PORT"]
     log = open(os.environ.get("BENCH_WORKER_LOG", os.devnull), "wb")
     proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker", "--loglevel",
@@ -107,6 +118,16 @@ def run_pipeline(env: dict[str, str], n: int, timeout: float) -> dict:
                 raise RuntimeError("pipeline worker did not become healthy")
             time.sleep(0.5)
         time.sleep(3)  # let the consumer group settle its assignment
+    except BaseException:
+        proc.terminate()
+        raise
+    return proc
+
+
+def run_pipeline(env: dict[str, str], n: int, timeout: float) -> dict:
+    s = GuardianSettings()
+    proc = start_worker(env)
+    try:
         items = queries(n, "pipe")
         sent = asyncio.run(produce(s.kafka_bootstrap, env["GUARDIAN_TOPIC_QUERIES"], items))
         got = asyncio.run(collect(s.kafka_bootstrap, env["GUARDIAN_TOPIC_VERDICTS"],
@@ -160,9 +181,148 @@ async def naive(settings: GuardianSettings, n: int, topic_in: str, topic_out: st
     return summarise("naive", sent, got)
 
 
+# --- open loop ---------------------------------------------------------------------------
+
+
+def _pcts(values: list[float]) -> dict[str, float | int]:
+    if not values:
+        return {"n": 0}
+    v = sorted(values)
+    q = statistics.quantiles(v, n=100, method="inclusive") if len(v) > 1 else [v[0]] * 99
+    return {"n": len(v), "p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98], "max_ms": v[-1]}
+
+
+async def open_loop(env: dict[str, str], rate: float, duration: float, tag: str,
+                    drain_s: float) -> dict:
+    """Produce at `rate` q/s for `duration` s (scheduled send times, never waiting on the
+    guardian), read verdicts and responses meanwhile; latencies from Kafka timestamps."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    bootstrap = env["GUARDIAN_KAFKA_BOOTSTRAP"]
+    n = max(1, int(rate * duration))
+    items = queries(n, tag)
+    want = {k.decode() for k, _ in items}
+    sent: dict[str, float] = {}
+    verdicts: dict[str, tuple[float, str]] = {}
+    responses: dict[str, float] = {}
+    cons = AIOKafkaConsumer(env["GUARDIAN_TOPIC_VERDICTS"], env["GUARDIAN_TOPIC_RESPONSES"],
+                            bootstrap_servers=bootstrap, group_id=None,
+                            auto_offset_reset="latest")
+    await cons.start()
+    await cons.seek_to_end()
+    prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
+    await prod.start()
+    done = asyncio.Event()
+
+    async def read() -> None:
+        while not done.is_set():
+            for tp, msgs in (await cons.getmany(timeout_ms=200)).items():
+                for m in msgs:
+                    try:
+                        v = json.loads(m.value)
+                    except ValueError:
+                        continue
+                    vid = str(v.get("id"))
+                    if vid not in want:
+                        continue
+                    if tp.topic == env["GUARDIAN_TOPIC_VERDICTS"]:
+                        verdicts.setdefault(vid, (m.timestamp / 1000, v.get("label")))
+                    else:
+                        responses.setdefault(vid, m.timestamp / 1000)
+
+    reader = asyncio.create_task(read())
+    t0 = time.monotonic()
+    acks = []
+    for i, (k, v) in enumerate(items):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        acks.append((k.decode(), await prod.send(env["GUARDIAN_TOPIC_QUERIES"], value=v, key=k)))
+    for qid, fut in acks:
+        sent[qid] = (await fut).timestamp / 1000
+    produced_s = time.monotonic() - t0
+    deadline = time.monotonic() + drain_s
+    while want - verdicts.keys() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(1.0)  # late responses of the last unsafe verdicts
+    done.set()
+    await reader
+    await cons.stop()
+    await prod.stop()
+    lat = {qid: (ts - sent[qid]) * 1000 for qid, (ts, _) in verdicts.items()}
+    last = max((ts for ts, _ in verdicts.values()), default=min(sent.values()))
+    span = max(1e-9, last - min(sent.values()))
+    unsafe_ids = [q for q, (_, lab) in verdicts.items() if lab == "unsafe"]
+    return {
+        "rate_qps": rate, "produced": n, "produce_seconds": produced_s,
+        "verdicts": len(verdicts), "missing": n - len(verdicts),
+        "verdict_qps": len(verdicts) / span,
+        "safe": _pcts([lat[q] for q, (_, lab) in verdicts.items() if lab == "safe"]),
+        "unsafe": _pcts([lat[q] for q in unsafe_ids]),
+        "responses": _pcts([(responses[q] - sent[q]) * 1000 for q in unsafe_ids
+                            if q in responses]),
+    }
+
+
+def print_open_loop(r: dict) -> None:
+    print(f"rate {r['rate_qps']:.1f} q/s for {r['produce_seconds']:.0f} s: {r['produced']} "
+          f"produced, {r['verdicts']} verdicts ({r['missing']} missing), "
+          f"verdicts at {r['verdict_qps']:.1f} q/s", flush=True)
+    for key in ("safe", "unsafe", "responses"):
+        x = r[key]
+        if not x["n"]:
+            print(f"  {key:<10} n=0")
+            continue
+        print(f"  {key:<10} n={x['n']:<5} p50 {x['p50_ms']:>7.0f} ms  p95 {x['p95_ms']:>7.0f} ms"
+              f"  p99 {x['p99_ms']:>7.0f} ms  max {x['max_ms']:>7.0f} ms", flush=True)
+
+
+def kept_up(r: dict, max_p99_s: float) -> bool:
+    p99 = max(r[k].get("p99_ms", 0.0) for k in ("safe", "unsafe"))
+    return r["missing"] == 0 and r["verdict_qps"] >= 0.95 * r["rate_qps"] \
+        and p99 <= max_p99_s * 1000
+
+
+def run_open_loop(env: dict[str, str], args) -> None:
+    proc = start_worker(env)
+    try:
+        # warm the model and the topics before any measured second
+        asyncio.run(open_loop(env, 5.0, 2.0, f"warm-{uuid.uuid4().hex[:4]}", 60))
+        if args.rate != "find":
+            print_open_loop(asyncio.run(open_loop(env, float(args.rate), args.duration,
+                                                  f"r-{uuid.uuid4().hex[:4]}",
+                                                  args.timeout)))
+            return
+        rate, best = args.start_rate, None
+        while rate <= args.max_rate:
+            r = asyncio.run(open_loop(env, rate, args.duration, f"f-{uuid.uuid4().hex[:4]}",
+                                      args.timeout))
+            print_open_loop(r)
+            if not kept_up(r, args.max_p99_s):
+                break
+            best = rate
+            rate *= 1.5
+        if best is None:
+            print(f"not sustainable even at {args.start_rate} q/s")
+            return
+        print(f"sustainable rate: {best:.1f} q/s (the next step fell behind or exceeded "
+              f"p99 {args.max_p99_s:.0f} s); at half of it:")
+        print_open_loop(asyncio.run(open_loop(env, best / 2, args.duration,
+                                              f"h-{uuid.uuid4().hex[:4]}", args.timeout)))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--rate", help="open loop: arrival rate in q/s, or 'find'")
+    ap.add_argument("--duration", type=float, default=30.0, help="open loop: seconds per rate")
+    ap.add_argument("--start-rate", type=float, default=2.0, help="--rate find: first rate")
+    ap.add_argument("--max-rate", type=float, default=2000.0, help="--rate find: last rate")
+    ap.add_argument("--max-p99-s", type=float, default=5.0,
+                    help="--rate find: a rate whose verdict p99 exceeds this fell behind")
     ap.add_argument("--model", default="", help="base model dir; empty = the tiny test model")
     ap.add_argument("--timeout", type=float, default=300)
     args = ap.parse_args()
@@ -194,6 +354,11 @@ def main() -> int:
     os.environ.setdefault("GUARDIAN_MAX_WAIT_MS", "20")
     try:
         s = GuardianSettings()
+        if args.rate:
+            print(f"open loop: max_batch={s.max_batch} max_wait_ms={s.max_wait_ms} "
+                  f"device={s.device} dtype={s.dtype}")
+            run_open_loop(dict(os.environ), args)
+            return 0
         print(f"n={args.n} max_batch={s.max_batch} max_wait_ms={s.max_wait_ms} "
               f"max_new_tokens={s.max_new_tokens} device={s.device} dtype={s.dtype}")
         pipe = run_pipeline(dict(os.environ), args.n, args.timeout)
