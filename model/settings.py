@@ -103,7 +103,14 @@ class GuardianSettings(BaseSettings):
     topic_replication: int = 1
     max_batch: int = 16
     max_wait_ms: int = 200
+    #: A longer query text is judged on its first `max_text_chars` characters (its verdict
+    #: says so: `query_truncated`, `text_chars`).
     max_text_chars: int = 4000
+    #: A backend call that raises on a batch is tried again this many times, after
+    #: `retry_backoff_s`, then twice that, ...; then each query of the batch is judged
+    #: alone and only those that still fail go to the DLQ (reason "model error").
+    batch_retries: int = 2
+    retry_backoff_s: float = 0.2
     cache_ttl_s: int = 86400
     flagged_table_dir: str = "./data/flagged"
     metrics_port: int = 9464

@@ -1,7 +1,8 @@
 """The Faust app: micro-batches from the queries topic to verdicts, at least once.
 
 Flow of one micro-batch (`Pipeline.process`):
-validate every record (bad ones -> DLQ, with the reason) -> Redis lookup -> the misses go to
+validate every record (bad ones -> DLQ, with the reason; a text over max_text_chars is
+judged on its first max_text_chars characters) -> Redis lookup -> the misses go to
 the guardian in one `decide` call per policy (labels and categories; no decoding), in a
 single worker thread so the event loop (and Faust's heartbeats and fetches) never block ->
 publish verdicts / responses / flagged / dlq -> wait until Kafka acknowledged every send ->
@@ -25,7 +26,15 @@ before the acks leaves the batch uncommitted and it is consumed again by this wo
 restart or by another member of the consumer group after a rebalance. Re-delivery produces
 duplicate verdicts with the same key (the query id), which the design allows. If publishing
 itself fails (broker unreachable) the batch is retried with backoff and never acked until it
-succeeds, so nothing is dropped. Graceful shutdown (SIGTERM/SIGINT through `faust.Worker`)
+succeeds, so nothing is dropped; a retry sends only the outputs Kafka has not acknowledged
+yet (`BatchState`: outputs planned once, acks recorded per kind and input offset), so a
+worker that stays up publishes each output of an input record once. Records Kafka delivers
+again to the same process (a rebalance, a broker restart: offsets acked but not committed
+yet) are recognised by their offsets (`Pipeline.fresh`) and acked without being published
+again; only a new process (after a crash) repeats work. A backend call that
+raises is retried `batch_retries` times with exponential backoff (`retry_backoff_s`), then
+the group's queries are judged one by one and only those that fail alone go to the DLQ
+(`model error`, with the exception). Graceful shutdown (SIGTERM/SIGINT through `faust.Worker`)
 cancels the agent: the in-flight batch is not acked and is handed back to the group; offsets
 of already-acked batches are committed on the way out.
 
@@ -48,11 +57,12 @@ import tempfile
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faust
+from faust.transport.drivers.aiokafka import Producer as _KafkaProducer
 
 from model.policy import Policy, PolicyError, PolicyStore
 from model.settings import GuardianSettings
@@ -76,7 +86,47 @@ log = logging.getLogger("guardian.stream")
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    # "replace": a lone surrogate (from a JSON escape) must not make a record unsendable
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8", "replace")
+
+
+def _error_text(exc: BaseException | None) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+@dataclass
+class _Output:
+    """One record a batch publishes for one input record."""
+
+    kind: str  # verdict | response | flagged | dlq
+    source: tuple[str, int, int]  # the input record: topic, partition, offset
+    topic: Any
+    key: bytes | None
+    value: bytes
+
+    @property
+    def ident(self) -> tuple[str, str, int, int]:
+        return (self.kind, *self.source)
+
+
+@dataclass
+class BatchState:
+    """What the attempts at one micro-batch did, kept across the agent's retries of it.
+
+    The first attempt plans every output (verdicts, responses, flagged, DLQ records, each
+    named by its kind and input offset); an attempt that fails while publishing leaves in
+    `acked` what Kafka acknowledged, and the next one sends only the rest, so no output is
+    published twice for the same input record by this worker.
+    """
+
+    outputs: list[_Output] | None = None
+    acked: set[tuple[str, str, int, int]] = field(default_factory=set)
+    flagged_rows: list[tuple[dict[str, Any], float]] = field(default_factory=list)
+    jobs: list[_ResponseJob] = field(default_factory=list)
+    sunk: bool = False
+    judged: int = 0
+    dlq: int = 0
+    attempts: int = 0
 
 
 @dataclass
@@ -120,6 +170,10 @@ class Pipeline:
         self._deciding = 0
         self._model_free = asyncio.Event()
         self._model_free.set()
+        # per input partition, the span of offsets this process published and acked: a
+        # record delivered again (the group rebalanced, the broker restarted, and the last
+        # acks were not committed yet) is acked without being published twice
+        self._done: dict[tuple[str, int], tuple[int, int]] = {}
         topic = self._out_topic
         self.t_verdicts = topic(settings.topic_verdicts)
         self.t_responses = topic(settings.topic_responses)
@@ -185,16 +239,96 @@ class Pipeline:
             "registry": self.follower.status() if self.follower is not None else None,
         }
 
-    # -- one batch --------------------------------------------------------------------
-    async def process(self, events: list) -> None:
-        """Judge and publish one micro-batch, all of it with one backend (see batch_lock)."""
-        async with self.batch_lock:
-            await self._process(events)
+    # -- records delivered again -------------------------------------------------------
+    def fresh(self, events: list) -> list:
+        """The events of a batch this process has not published yet.
 
-    async def _process(self, events: list) -> None:
-        s = self.settings
+        Kafka hands a consumer the records after its group's last committed offset again
+        after a rebalance (also the one a broker restart causes); the ones this process
+        already published, with every output acknowledged, are left out (and acked by the
+        agent), so they are not published twice. A new process (after a crash) has no such
+        memory: redelivery to it repeats work (at-least-once).
+        """
+        out = []
+        batch: set[tuple[str, int, int]] = set()
+        for ev in events:
+            m = ev.message
+            span = self._done.get((m.topic, m.partition))
+            if (span is not None and span[0] <= m.offset <= span[1]) or (
+                    (m.topic, m.partition, m.offset) in batch):  # or twice in this batch
+                metrics.REDELIVERED.inc()
+                continue
+            batch.add((m.topic, m.partition, m.offset))
+            out.append(ev)
+        return out
+
+    def mark_done(self, events: list) -> None:
+        """Record that every output of `events` was acknowledged (see `fresh`)."""
+        offsets: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for ev in events:
+            offsets[(ev.message.topic, ev.message.partition)].append(ev.message.offset)
+        for tp, offs in offsets.items():
+            # the span only ever grows by the next offset, so every offset in it was
+            # published by this process; anything else (a gap, a seek) starts a new span
+            start, end = self._done.get(tp, (-2, -2))
+            for off in sorted(set(offs)):
+                if start <= off <= end:
+                    continue
+                if off == end + 1:
+                    end = off
+                else:
+                    start = end = off
+            self._done[tp] = (start, end)
+
+    # -- one batch --------------------------------------------------------------------
+    async def process(self, events: list, state: BatchState | None = None) -> None:
+        """Judge and publish one micro-batch, all of it with one backend (see batch_lock).
+
+        `state` carries what an earlier attempt at the same batch did (the agent passes the
+        same one to every retry): the outputs it planned and which of them Kafka already
+        acknowledged; those are not sent again.
+        """
+        state = BatchState() if state is None else state
+        async with self.batch_lock:
+            await self._process(events, state)
+
+    async def _process(self, events: list, state: BatchState) -> None:
         t_batch = time.perf_counter()
-        metrics.BATCH_SIZE.observe(len(events))
+        if state.outputs is None:  # first attempt, or an earlier one failed before planning
+            metrics.BATCH_SIZE.observe(len(events))
+            await self._plan(events, state)
+        # at-least-once: wait for the broker to acknowledge every output before acking input
+        t_send = time.perf_counter()
+        await self._publish(state)
+        t_sink = time.perf_counter()
+        if state.flagged_rows and not state.sunk:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.io_executor, self.sink.write, state.flagged_rows)
+            state.sunk = True
+        log.debug("batch %d: model+cache %.3fs, send-ack %.3fs, sink %.3fs", len(events),
+                  t_send - t_batch, t_sink - t_send, time.perf_counter() - t_sink)
+
+        done = time.time()
+        for ev in events:
+            ts = ev.message.timestamp
+            if ts:
+                metrics.E2E_LATENCY.observe(max(0.0, done - ts))
+        metrics.QUERIES.labels("judged").inc(state.judged)
+        metrics.QUERIES.labels("dlq").inc(state.dlq)
+        self._update_lag(events)
+        self.batches += 1
+        self.last_batch_at = done
+        # the verdicts are acknowledged: hand the owed responses over (this waits only when
+        # the response stage is a whole queue behind, so memory stays bounded)
+        jobs, state.jobs = state.jobs, []
+        for job in jobs:
+            job.queued_at = time.monotonic()
+            await self.responses.put(job)
+            metrics.RESPONSES_PENDING.inc()
+
+    async def _plan(self, events: list, state: BatchState) -> None:
+        """Validate, look up, judge; fill `state` with every output record of the batch."""
+        s = self.settings
         valid: list[tuple[Any, QueryMessage, Policy]] = []
         rejected: list[tuple[Any, Rejection]] = []
         for ev in events:
@@ -208,6 +342,8 @@ class Pipeline:
             except PolicyError as exc:
                 rejected.append((ev, Rejection(UNKNOWN_POLICY, str(exc)[:200], result.id)))
                 continue
+            if result.truncated:
+                metrics.TRUNCATED.inc()
             valid.append((ev, result, policy))
 
         verdicts: list[dict[str, Any] | None] = [None] * len(valid)
@@ -227,39 +363,21 @@ class Pipeline:
                 misses[valid[i][2].key].append(i)
                 metrics.CACHE_MISSES.inc()
 
-        loop = asyncio.get_running_loop()
         to_cache: dict[str, str] = {}
         jobs: list[_ResponseJob] = []
         from model.engine import Query
 
         backend = self.backend
-        split = callable(getattr(backend, "decide", None)) and callable(
-            getattr(backend, "respond", None))
         for idxs in misses.values():
             policy = valid[idxs[0]][2]
             queries = [Query(valid[i][1].id, valid[i][1].text) for i in idxs]
-            t0 = time.perf_counter()
-            pending: list = []
-            try:
-                if split:  # verdicts now, generated responses later (the response stage)
-                    out, pending = await self._decide(backend, queries, policy)
-                else:
-                    out = await loop.run_in_executor(
-                        self.model_executor, backend.judge, queries, policy)
-                if len(out) != len(queries):
-                    raise RuntimeError(f"backend returned {len(out)} verdicts for "
-                                       f"{len(queries)} queries")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a model failure must not kill the worker
-                log.exception("guardian failed on a batch of %d", len(queries))
-                for i in idxs:
-                    rejected.append((valid[i][0], Rejection(
-                        MODEL_ERROR, f"{type(exc).__name__}: {exc}"[:200], valid[i][1].id)))
-                continue
-            metrics.MODEL_LATENCY.observe(time.perf_counter() - t0)
+            out, pending, errors = await self._judge_group(backend, queries, policy)
             waiting = {id(p.verdict): p for p in pending}
-            for i, verdict in zip(idxs, out, strict=True):
+            for i, verdict, error in zip(idxs, out, errors, strict=True):
+                if verdict is None:  # failed alone too: to the DLQ with the reason
+                    rejected.append((valid[i][0], Rejection(MODEL_ERROR, error or "",
+                                                            valid[i][1].id)))
+                    continue
                 d = verdict.to_dict()
                 d["id"] = valid[i][1].id
                 verdicts[i] = d
@@ -270,59 +388,138 @@ class Pipeline:
                     jobs.append(_ResponseJob(backend, item, d, keys[i], 0.0))
         await self.cache.set_many(to_cache)
 
-        sends = []
+        outputs: list[_Output] = []
         flagged_rows: list[tuple[dict[str, Any], float]] = []
         for i, (ev, q, policy) in enumerate(valid):
             v = verdicts[i]
             if v is None:  # model error: already in `rejected`
                 continue
-            key = q.id.encode("utf-8")
             msg = ev.message
-            sends.append(await self.t_verdicts.send(key=key, value=_dumps(v), force=True))
+            source = (msg.topic, msg.partition, msg.offset)
+            key = q.id.encode("utf-8")
+            # what the record says about the query itself; the cached verdict stays as the
+            # model made it (another record with the same judged text may be shorter)
+            v = dict(v, text_chars=q.text_chars)
+            if q.truncated:
+                v["query_truncated"] = True
+            outputs.append(_Output("verdict", source, self.t_verdicts, key, _dumps(v)))
             unsafe = v.get("label") == "unsafe"
             near = (not unsafe) and policy.near_threshold(float(v.get("unsafe_score") or 0.0))
             if unsafe and not v.get("response_pending"):  # pending: the response stage's
-                sends.append(await self.t_responses.send(
-                    key=key, value=_dumps(response_record(v)), force=True))
+                outputs.append(_Output("response", source, self.t_responses, key,
+                                       _dumps(response_record(v))))
             if unsafe or near:
                 rec = flagged_record(v, q.text, near_threshold=near, topic=msg.topic,
                                      partition=msg.partition, offset=msg.offset)
-                sends.append(await self.t_flagged.send(key=key, value=_dumps(rec), force=True))
+                outputs.append(_Output("flagged", source, self.t_flagged, key, _dumps(rec)))
                 flagged_rows.append((rec, msg.timestamp or time.time()))
-            source = "cache" if v.get("cache_hit") else "model"
-            metrics.VERDICTS.labels(v.get("label"), source).inc()
+            metrics.VERDICTS.labels(v.get("label"), "cache" if v.get("cache_hit") else
+                                    "model").inc()
         for ev, rej in rejected:
             msg = ev.message
             rec = dlq_record(rej, ev.value, ev.key, topic=msg.topic, partition=msg.partition,
                              offset=msg.offset, timestamp=msg.timestamp)
-            key = dlq_key(rej, ev.key)
-            sends.append(await self.t_dlq.send(key=key, value=_dumps(rec), force=True))
+            outputs.append(_Output("dlq", (msg.topic, msg.partition, msg.offset), self.t_dlq,
+                                   dlq_key(rej, ev.key), _dumps(rec)))
             metrics.DLQ.labels(rej.reason).inc()
-        # at-least-once: wait for the broker to acknowledge every output before acking input
-        t_send = time.perf_counter()
-        await asyncio.gather(*sends)
-        t_sink = time.perf_counter()
-        if flagged_rows:
-            await loop.run_in_executor(self.io_executor, self.sink.write, flagged_rows)
-        log.debug("batch %d: model+cache %.3fs, send-ack %.3fs, sink %.3fs", len(events),
-                  t_send - t_batch, t_sink - t_send, time.perf_counter() - t_sink)
+        state.outputs = outputs
+        state.flagged_rows = flagged_rows
+        state.jobs = jobs
+        state.judged = sum(v is not None for v in verdicts)
+        state.dlq = len(rejected)
 
-        done = time.time()
-        for ev in events:
-            ts = ev.message.timestamp
-            if ts:
-                metrics.E2E_LATENCY.observe(max(0.0, done - ts))
-        metrics.QUERIES.labels("judged").inc(len(valid) - sum(v is None for v in verdicts))
-        metrics.QUERIES.labels("dlq").inc(len(rejected))
-        self._update_lag(events)
-        self.batches += 1
-        self.last_batch_at = done
-        # the verdicts are acknowledged: hand the owed responses over (this waits only when
-        # the response stage is a whole queue behind, so memory stays bounded)
-        for job in jobs:
-            job.queued_at = time.monotonic()
-            await self.responses.put(job)
-            metrics.RESPONSES_PENDING.inc()
+    async def _publish(self, state: BatchState) -> None:
+        """Send every planned output Kafka has not acknowledged yet and wait for the acks.
+
+        Raises the first failure after all sends issued have settled, so `state.acked` holds
+        exactly what the broker acknowledged: a retry sends only the rest.
+        """
+        todo = [o for o in state.outputs or () if o.ident not in state.acked]
+        futures, sent = [], []
+        failure: BaseException | None = None
+        for out in todo:
+            try:
+                futures.append(await out.topic.send(key=out.key, value=out.value, force=True))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - settle what was issued, then raise
+                failure = exc
+                break
+            sent.append(out)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for out, result in zip(sent, results, strict=True):
+            if isinstance(result, BaseException):
+                failure = failure or result
+            else:
+                state.acked.add(out.ident)
+        if failure is not None:
+            raise failure
+
+    async def _judge_group(self, backend, queries, policy):
+        """One policy group through the model: bounded retries, then each query alone.
+
+        Returns `(verdicts, pending, errors)` in query order; a query that failed alone too
+        has verdict None and its error text (what the DLQ record says).
+        """
+        s = self.settings
+        retries = max(0, int(s.batch_retries))
+        backoff = max(0.0, float(s.retry_backoff_s))
+        last: Exception | None = None
+        for attempt in range(retries + 1):
+            if attempt:
+                await asyncio.sleep(backoff * 2 ** (attempt - 1))
+            try:
+                out, pending = await self._call_model(backend, queries, policy)
+                return out, pending, [None] * len(out)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a model failure must not kill the worker
+                last = exc
+                metrics.MODEL_FAILURES.labels("batch").inc()
+                log.warning("guardian failed on a batch of %d (attempt %d of %d): %s",
+                            len(queries), attempt + 1, retries + 1, _error_text(exc),
+                            exc_info=attempt == retries)
+        if len(queries) == 1:
+            log.error("guardian failed on query %r: %s", queries[0].id, _error_text(last))
+            return [None], [], [_error_text(last)]
+        log.warning("judging the %d queries of the failing batch one by one", len(queries))
+        verdicts: list = []
+        pending: list = []
+        errors: list[str | None] = []
+        for q in queries:
+            try:
+                out, more = await self._call_model(backend, [q], policy)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                metrics.MODEL_FAILURES.labels("single").inc()
+                log.error("guardian failed on query %r alone: %s", q.id, _error_text(exc),
+                          exc_info=True)
+                verdicts.append(None)
+                errors.append(_error_text(exc))
+                continue
+            verdicts.append(out[0])
+            pending.extend(more)
+            errors.append(None)
+        return verdicts, pending, errors
+
+    async def _call_model(self, backend, queries, policy):
+        """`(verdicts, pending)` of one backend call, in the model thread."""
+        t0 = time.perf_counter()
+        if callable(getattr(backend, "decide", None)) and callable(
+                getattr(backend, "respond", None)):
+            # verdicts now, generated responses later (the response stage)
+            out, pending = await self._decide(backend, queries, policy)
+        else:
+            loop = asyncio.get_running_loop()
+            out = await loop.run_in_executor(self.model_executor, backend.judge, queries,
+                                             policy)
+            pending = []
+        if len(out) != len(queries):
+            raise RuntimeError(f"backend returned {len(out)} verdicts for {len(queries)} "
+                               "queries")
+        metrics.MODEL_LATENCY.observe(time.perf_counter() - t0)
+        return out, pending
 
     async def _decide(self, backend, queries, policy):
         """backend.decide in the model thread, ahead of any response decode not yet started."""
@@ -520,12 +717,32 @@ async def wait_broker_ready(settings: GuardianSettings, group: str, timeout: flo
         await admin.close()
 
 
+class _IdempotentProducer(_KafkaProducer):
+    def _settings_extra(self):
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
+class GuardianApp(faust.App):
+    """faust.App whose producer is idempotent (aiokafka `enable_idempotence`).
+
+    Why: without it a send the producer retries because the broker's answer was lost (seen
+    when the broker restarts mid-stream: the same verdict twice, same `created_at`) is
+    written twice; with it the broker keeps one. Faust turns idempotence on only in its
+    exactly-once (transactions) mode.
+    """
+
+    def _new_producer(self):
+        if not issubclass(self.transport.Producer, _KafkaProducer):  # another transport
+            return super()._new_producer()
+        return _IdempotentProducer(self.transport, loop=self.loop, beacon=self.beacon)
+
+
 def create_app(settings: GuardianSettings | None = None, backend=None) -> faust.App:
     """Build the Faust app for `settings` (one app per process; tests build their own)."""
     settings = settings or GuardianSettings()
     datadir = Path(tempfile.gettempdir()) / "guardian-faust" / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = GuardianApp(
         settings.app_id,
         broker=[f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",")],
         value_serializer="raw",
@@ -576,16 +793,24 @@ def create_app(settings: GuardianSettings | None = None, backend=None) -> faust.
         await pipeline.ready.wait()
         async for events in stream.noack_take(settings.max_batch, within=within):
             delay = 0.5
-            while True:
+            state = BatchState()  # shared by the retries: acknowledged outputs are not resent
+            todo = pipeline.fresh(events)  # not the ones this process published already
+            while todo:
                 try:
-                    await pipeline.process(events)
+                    await pipeline.process(todo, state)
                     break
                 except asyncio.CancelledError:
                     raise  # shutdown: not acked, handed back to the group
                 except Exception:  # noqa: BLE001 - never crash on input; never drop it
-                    log.exception("batch of %d failed; retrying in %.1fs", len(events), delay)
+                    state.attempts += 1
+                    metrics.BATCH_RETRIES.inc()
+                    planned = len(state.outputs) if state.outputs is not None else 0
+                    log.exception("batch of %d failed (attempt %d, %d of %d outputs "
+                                  "acknowledged); retrying in %.1fs", len(events),
+                                  state.attempts, len(state.acked), planned, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10.0)
+            pipeline.mark_done(todo)
             for ev in events:
                 await stream.ack(ev)
 

@@ -35,6 +35,25 @@ CACHE_HITS = Counter("guardian_cache_hits_total", "Verdicts served from Redis")
 CACHE_MISSES = Counter("guardian_cache_misses_total", "Lookups that went to the model")
 CACHE_ERRORS = Counter("guardian_cache_errors_total", "Redis errors and timeouts (no cache)")
 DLQ = Counter("guardian_dlq_total", "Records sent to the DLQ", ["reason"])
+MODEL_FAILURES = Counter(
+    "guardian_model_failures_total",
+    "Backend calls that raised: on a whole policy group (retried, then split) or on one "
+    "query judged alone (that query goes to the DLQ)", ["stage"],
+)
+BATCH_RETRIES = Counter(
+    "guardian_batch_retries_total",
+    "Micro-batches processed again after a failure outside the model (publishing); outputs "
+    "Kafka already acknowledged are not sent again",
+)
+REDELIVERED = Counter(
+    "guardian_redelivered_total",
+    "Input records delivered again (rebalance, broker restart) that this worker had already "
+    "published: acked, not judged or published again",
+)
+TRUNCATED = Counter(
+    "guardian_truncated_queries_total",
+    "Queries longer than GUARDIAN_MAX_TEXT_CHARS, judged on their first characters",
+)
 CONSUMER_LAG = Gauge("guardian_consumer_lag", "Highwater minus next offset", ["partition"])
 FLAGGED_FILES = Counter("guardian_flagged_files_total", "Parquet files written")
 MODEL_INFO = Gauge(

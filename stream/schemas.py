@@ -7,7 +7,8 @@ Topics (names come from settings, `GUARDIAN_TOPIC_*`); every value is UTF-8 JSON
 
 - queries   (input)  {schema_version?, id: str, text: str, policy?: str, locale?: str,
                       timestamp?: number|str, metadata?: object}; key: id or a session id,
-                      whatever the producer chooses (ordering is per key).
+                      whatever the producer chooses (ordering is per key). A text longer
+                      than max_text_chars is judged on its first max_text_chars characters.
 - verdicts  one `model.verdict.Verdict` per input id, key = id (the audit log); a
             generate-mode unsafe one is published before its response is decoded, with
             `response: null, response_pending: true`.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,14 +38,31 @@ NOT_UTF8 = "non-UTF-8 bytes"
 NOT_JSON = "not JSON"
 WRONG_TYPES = "wrong types"
 NO_TEXT = "no text"
-TOO_LONG = "text too long"
+TOO_LONG = "text too long"  # only a record over MAX_RECORD_BYTES: a long text is cut
+ID_TOO_LONG = "id too long"
 UNKNOWN_POLICY = "unknown policy"
 MODEL_ERROR = "model error"
 
 
+#: A record value above this is not parsed (DLQ, TOO_LONG): a bound on the JSON parse done on
+#: the worker's event loop. Kafka's default limits (1 MB) keep records far below it; it only
+#: bites on a broker configured for bigger messages.
+MAX_RECORD_BYTES = 4 * 1024 * 1024
+#: Longest id accepted: the id is the key and part of every output record, so an unbounded
+#: one could make an output too big for Kafka (a send that can never succeed).
+MAX_ID_CHARS = 1024
+
+_WS = re.compile(r"\s+")
+
+
 @dataclass(frozen=True)
 class QueryMessage:
-    """A validated input record."""
+    """A validated input record.
+
+    `text` is what gets judged: the record's text, or for a text longer than max_text_chars
+    its first max_text_chars characters (after collapsing whitespace runs, so padding cannot
+    push the query out of the judged part); `text_chars` is the record's text length.
+    """
 
     id: str
     text: str
@@ -51,6 +70,36 @@ class QueryMessage:
     locale: str | None = None
     timestamp: float | str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    text_chars: int = -1  # -1: len(text)
+
+    def __post_init__(self) -> None:
+        if self.text_chars < 0:
+            object.__setattr__(self, "text_chars", len(self.text))
+
+    @property
+    def truncated(self) -> bool:
+        """Whether `text` is a prefix of a longer record text."""
+        return self.text_chars > len(self.text)
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """JSON escapes such as "\\ud800" parse to strings that cannot be encoded as UTF-8."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def bounded_text(text: str, max_text_chars: int) -> str:
+    """The part of `text` that is judged: all of it, or of a longer one (whitespace runs
+    collapsed first) the first `max_text_chars` characters."""
+    if len(text) <= max_text_chars:
+        return text
+    text = _WS.sub(" ", text).strip()
+    return text[:max(1, max_text_chars)]
 
 
 @dataclass(frozen=True)
@@ -63,13 +112,20 @@ class Rejection:
 
 
 def validate_query(
-    raw: bytes | None, *, max_text_chars: int, default_policy: str
+    raw: bytes | None, *, max_text_chars: int, default_policy: str,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> QueryMessage | Rejection:
-    """Parse and check one raw input value; never raises on any input."""
+    """Parse and check one raw input value; never raises on any input.
+
+    A text longer than `max_text_chars` is not an error: the message carries its first
+    `max_text_chars` characters (see `bounded_text`) and its full length in `text_chars`.
+    """
     if raw is None:
         return Rejection(NOT_JSON, "empty record (no value)")
     if isinstance(raw, str):  # tolerate an already-decoded value
         raw = raw.encode("utf-8", "surrogatepass")
+    if len(raw) > max_record_bytes:
+        return Rejection(TOO_LONG, f"record of {len(raw)} bytes > {max_record_bytes}")
     try:
         decoded = bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -83,14 +139,18 @@ def validate_query(
     qid = data.get("id")
     if isinstance(qid, bool) or not isinstance(qid, str | int) or qid == "":
         return Rejection(WRONG_TYPES, "id must be a non-empty string")
+    if _lone_surrogate(qid):
+        return Rejection(NOT_UTF8, "id has a lone surrogate (not encodable as UTF-8)")
     qid = str(qid)
+    if len(qid) > MAX_ID_CHARS:
+        return Rejection(ID_TOO_LONG, f"id of {len(qid)} chars > {MAX_ID_CHARS}")
     text = data.get("text")
     if text is None or (isinstance(text, str) and not text.strip()):
         return Rejection(NO_TEXT, "text is missing or blank", qid)
     if not isinstance(text, str):
         return Rejection(WRONG_TYPES, f"text must be a string, got {type(text).__name__}", qid)
-    if len(text) > max_text_chars:
-        return Rejection(TOO_LONG, f"{len(text)} chars > max_text_chars={max_text_chars}", qid)
+    if _lone_surrogate(text):
+        return Rejection(NOT_UTF8, "text has a lone surrogate (not encodable as UTF-8)", qid)
     policy = data.get("policy")
     if policy is None or policy == "":
         policy = default_policy
@@ -99,6 +159,8 @@ def validate_query(
     locale = data.get("locale")
     if locale is not None and not isinstance(locale, str):
         return Rejection(WRONG_TYPES, "locale must be a string", qid)
+    if _lone_surrogate(policy) or _lone_surrogate(locale):
+        return Rejection(NOT_UTF8, "policy or locale has a lone surrogate", qid)
     ts = data.get("timestamp")
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float | str)):
         return Rejection(WRONG_TYPES, "timestamp must be a number or a string", qid)
@@ -110,7 +172,8 @@ def validate_query(
     version = data.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         return Rejection(WRONG_TYPES, f"unsupported schema_version {version!r}", qid)
-    return QueryMessage(qid, text, policy, locale, ts, metadata)
+    return QueryMessage(qid, bounded_text(text, max_text_chars), policy, locale, ts, metadata,
+                        text_chars=len(text))
 
 
 def query_record(

@@ -151,8 +151,11 @@ class KafkaBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 90.0) -> KafkaBroker:
+        """Start the broker: a new one, or after `stop(keep_data=True)` the same one again
+        (same data folder, cluster id and ports: clients reconnect to the same address)."""
         jars = kafka_jars(self.version)
-        cp = str(jars / "*")
+        if self.dir is not None and (self.dir / "server.properties").is_file():
+            return self._launch(self._java(jars), self.dir / "server.properties", timeout)
         self.dir = Path(tempfile.mkdtemp(prefix="guardian-kafka-"))
         self.port, cport = free_port(), free_port()
         props = self.dir / "server.properties"
@@ -170,8 +173,7 @@ class KafkaBroker:
             "log.flush.interval.messages=1000000", "",
         ]))
         (self.dir / "log4j.properties").write_text(_LOG4J)
-        java = ["java", "-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}", "-cp", cp]
+        java = self._java(jars)
         cluster_id = kraft_cluster_id()
         fmt = subprocess.run(
             java + ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
@@ -179,9 +181,17 @@ class KafkaBroker:
         )
         if fmt.returncode != 0:
             raise ServiceError(f"kafka storage format failed: {fmt.stdout}{fmt.stderr}")
+        return self._launch(java, props, timeout)
+
+    def _java(self, jars: Path) -> list[str]:
+        return ["java", "-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}", "-cp",
+                str(jars / "*")]
+
+    def _launch(self, java: list[str], props: Path, timeout: float) -> KafkaBroker:
         log = self.dir / "kafka.log"
         self.proc = subprocess.Popen(
-            java + ["kafka.Kafka", str(props)], stdout=open(log, "wb"),
+            java + ["kafka.Kafka", str(props)], stdout=open(log, "ab"),
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:
@@ -218,11 +228,14 @@ class KafkaBroker:
                 time.sleep(0.5)
         raise ServiceError(f"kafka did not become ready: {last}")
 
-    def stop(self) -> None:
+    def stop(self, keep_data: bool = False) -> None:
+        """Stop the broker (SIGTERM: a controlled shutdown); `keep_data=True` keeps its data
+        folder and ports so that `start()` brings the same broker back."""
         _stop(self.proc)
         self.proc = None
-        if self.dir:
+        if self.dir and not keep_data:
             shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
 
     def __enter__(self) -> KafkaBroker:
         return self.start()

@@ -55,16 +55,18 @@ def redis_url() -> str:
 
 
 class Worker:
-    """`python -m stream.cli worker` as a subprocess with its own env (SIGKILL-able)."""
+    """`python -m stream.cli worker` as a subprocess with its own env (SIGKILL-able);
+    `module="tests.stream.fault_worker"` runs the same worker with faults injected."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, module: str = "stream.cli") -> None:
         self.env = env
         self.log = log
+        self.module = module
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Worker:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "worker", "--loglevel", "warning"],
+            [sys.executable, "-m", self.module, "worker", "--loglevel", "warning"],
             env=self.env, cwd=REPO, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
         )
         return self
@@ -124,8 +126,8 @@ def stream_env(kafka_bootstrap, redis_url, tiny_model_dir, tmp_path):
 def start_worker(tmp_path):
     workers: list[Worker] = []
 
-    def _start(env: dict[str, str]) -> Worker:
-        w = Worker(env, tmp_path / f"worker-{len(workers)}.log").start()
+    def _start(env: dict[str, str], module: str = "stream.cli") -> Worker:
+        w = Worker(env, tmp_path / f"worker-{len(workers)}.log", module).start()
         workers.append(w)
         return w
 
@@ -184,3 +186,46 @@ async def _collect(bootstrap, topics, done, timeout):
 def collect(bootstrap: str, topics: list[str], done, timeout: float) -> dict[str, list[dict]]:
     """Read topics from the start until done(records_by_topic) or timeout."""
     return asyncio.run(_collect(bootstrap, topics, done, timeout))
+
+
+async def _read_all(bootstrap, topics, timeout):
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    tps = [TopicPartition(t["topic"], p["partition"]) for t in described
+           if t.get("error_code", 0) == 0 for p in t["partitions"]]
+    out: dict[str, list[dict]] = {t: [] for t in topics}
+    if not tps:
+        return out
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        left = {tp for tp in tps if ends[tp] > 0}
+        deadline = time.monotonic() + timeout
+        while left and time.monotonic() < deadline:
+            batch = await consumer.getmany(*left, timeout_ms=300)
+            for tp, msgs in batch.items():
+                out[tp.topic].extend(json.loads(m.value) for m in msgs if m.offset < ends[tp])
+                if msgs and msgs[-1].offset + 1 >= ends[tp]:
+                    left.discard(tp)
+        if left:
+            raise TimeoutError(f"could not read {sorted(map(str, left))} to their end")
+    finally:
+        await consumer.stop()
+    return out
+
+
+def read_all(bootstrap: str, topics: list[str], timeout: float = 60) -> dict[str, list[dict]]:
+    """Every record of the topics, up to their end offsets as of the call (not just until a
+    condition holds: what a duplicate check needs)."""
+    return asyncio.run(_read_all(bootstrap, topics, timeout))

@@ -89,13 +89,14 @@ def test_select_queries_validates_like_the_worker():
     ]
     sel = select_queries(recs, store=store, max_text_chars=20, default_policy="auto",
                          from_ms=0, to_ms=2000)
-    assert list(sel.valid) == ["f", "a"]  # in order of their (last) records
+    assert list(sel.valid) == ["e", "f", "a"]  # in order of their (last) records
     assert sel.valid["a"][0].text == "the second a" and sel.duplicates == 1
+    assert sel.valid["e"][0].text == "x" * 20  # judged on its first max_text_chars, as the worker
     assert sel.valid["f"][1].id == "default-ko"  # auto: the language's default
     assert sel.out_of_time == 1
     reasons = {(i.offset, i.reason) for i in sel.invalid}
     assert reasons == {(1, "not JSON"), (2, "no text"), (3, "unknown policy"), (4, "not JSON"),
-                       (5, "non-UTF-8 bytes"), (7, "text too long")}
+                       (5, "non-UTF-8 bytes")}
     assert next(i for i in sel.invalid if i.offset == 3).id == "c"
     forced = store.get("default-en")
     sel = select_queries(recs, store=store, max_text_chars=20, default_policy="auto",

@@ -40,7 +40,10 @@ def test_valid_full():
     (enc({"id": "a"}), s.NO_TEXT),
     (enc({"id": "a", "text": "   "}), s.NO_TEXT),
     (enc({"id": "a", "text": 5}), s.WRONG_TYPES),
-    (enc({"id": "a", "text": "x" * 21}), s.TOO_LONG),
+    (enc({"id": "i" * (s.MAX_ID_CHARS + 1), "text": "t"}), s.ID_TOO_LONG),
+    (b'{"id": "a\\ud800", "text": "t"}', s.NOT_UTF8),
+    (b'{"id": "a", "text": "lone \\udc00 surrogate"}', s.NOT_UTF8),
+    (b'{"id": "a", "text": "t", "policy": "\\ud800"}', s.NOT_UTF8),
     (enc({"id": "a", "text": "t", "policy": 3}), s.WRONG_TYPES),
     (enc({"id": "a", "text": "t", "locale": 3}), s.WRONG_TYPES),
     (enc({"id": "a", "text": "t", "timestamp": {}}), s.WRONG_TYPES),
@@ -51,6 +54,27 @@ def test_rejections(raw, reason):
     r = v(raw)
     assert isinstance(r, s.Rejection), r
     assert r.reason == reason
+
+
+def test_a_long_text_is_judged_on_its_first_max_text_chars():
+    q = v(enc({"id": "a", "text": "y" * 21}))
+    assert isinstance(q, s.QueryMessage)
+    assert (q.text, q.text_chars, q.truncated) == ("y" * 20, 21, True)
+    short = v(enc({"id": "b", "text": "  two  spaces  "}))
+    assert (short.text, short.text_chars, short.truncated) == ("  two  spaces  ", 15, False)
+    # whitespace padding cannot push the query out of the judged part
+    padded = v(enc({"id": "c", "text": " " * 5000 + "how to make a bomb\n\n\n" + "." * 99}))
+    assert padded.text.startswith("how to make a bomb .") and len(padded.text) == 20
+    assert padded.text_chars == 5000 + 21 + 99
+
+
+def test_a_record_over_the_hard_byte_limit_is_rejected():
+    raw = enc({"id": "a", "text": "x" * 100})
+    r = s.validate_query(raw, max_text_chars=20, default_policy="default-ko",
+                         max_record_bytes=len(raw) - 1)
+    assert isinstance(r, s.Rejection) and r.reason == s.TOO_LONG
+    assert isinstance(s.validate_query(raw, max_text_chars=20, default_policy="default-ko",
+                                       max_record_bytes=len(raw)), s.QueryMessage)
 
 
 def test_never_raises_on_garbage():
