@@ -17,7 +17,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The trained guardian that ships with the package (a LoRA adapter on Gemma 3 270M).
-SHIPPED_ADAPTER = Path(__file__).resolve().parent / "adapters" / "guardian-v3"
+SHIPPED_ADAPTER = Path(__file__).resolve().parent / "adapters" / "guardian-v4"
 
 
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:

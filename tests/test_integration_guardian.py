@@ -1,4 +1,4 @@
-"""The shipped guardian (v3: top-layer LoRA on the prepared Gemma 3 270M) behaves.
+"""The shipped guardian (v4: top-layer LoRA on the prepared Gemma 3 270M) behaves.
 
 Behaviour checks on the real trained model, not mechanics, under the shipped default policy
 of each query's language: clear harmful queries in Korean and English are unsafe with a
@@ -53,7 +53,7 @@ def _judge(guardian, q):
 
 
 def test_default_model_is_the_shipped_guardian(guardian):
-    assert guardian.model_id == "guardian" and guardian.model_version == "v3"
+    assert guardian.model_id == "guardian" and guardian.model_version == "v4"
 
 
 def test_harmful_queries_get_a_safety_response_in_their_language(guardian):
