@@ -73,13 +73,18 @@ def register(subparsers) -> None:
 def cmd_worker(args) -> int:
     import faust
 
+    from model.backends import create_backend
     from stream.app import create_app, ensure_topics
 
     settings = GuardianSettings()
     created = asyncio.run(ensure_topics(settings))
     if created:
         logging.getLogger("guardian.stream").info("created topics %s", created)
-    app = create_app(settings)
+    # The model loads before Faust starts its consumer thread: loaded inside the running
+    # app it starved the event loop for seconds ("Thread keepalive is not responding" in
+    # most demo runs on 2 cores). A model that cannot load stops the worker here.
+    backend = create_backend(settings)
+    app = create_app(settings, backend=backend)
     worker = faust.Worker(app, loglevel=getattr(args, "loglevel", "info"))
     worker.execute_from_commandline()  # handles SIGTERM/SIGINT: graceful stop
     return 0
