@@ -252,6 +252,19 @@ def optimizer_step(loss, params, opt, sched) -> None:
     opt.zero_grad(set_to_none=True)
 
 
+def attach_lora(model, cfg: TrainConfig, init: Path | None, **layout):
+    """The adapter both recipes train: the one in `init` continued, or a fresh LoRA of
+    rank `cfg.lora_r` on every projection with the recipe's `layout` (which token rows or
+    layers it covers)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if init is not None:
+        return PeftModel.from_pretrained(model, str(init), is_trainable=True)
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0,
+                      target_modules=LORA_TARGETS, task_type="CAUSAL_LM", **layout)
+    return get_peft_model(model, lcfg)
+
+
 def load_for_training(settings: GuardianSettings, cfg: TrainConfig):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -272,20 +285,7 @@ def load_for_training(settings: GuardianSettings, cfg: TrainConfig):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not cfg.full:
-        from peft import LoraConfig, PeftModel, get_peft_model
-
-        if init is not None:
-            model = PeftModel.from_pretrained(model, str(init), is_trainable=True)
-        else:
-            lcfg = LoraConfig(
-                r=cfg.lora_r,
-                lora_alpha=2 * cfg.lora_r,
-                lora_dropout=0.0,
-                target_modules=LORA_TARGETS,
-                trainable_token_indices=sorted(tokens.all_ids),
-                task_type="CAUSAL_LM",
-            )
-            model = get_peft_model(model, lcfg)
+        model = attach_lora(model, cfg, init, trainable_token_indices=sorted(tokens.all_ids))
     model.to(device)
     model.train()
     return model, tokenizer, tokens, base, device

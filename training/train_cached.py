@@ -35,7 +35,7 @@ from training.mix import curated_mix
 from training.prefix_cache import TopLayers, build_prefix_cache
 from training.train import (
     FORCED_CATEGORY,
-    LORA_TARGETS,
+    attach_lora,
     make_optimizer,
     optimizer_step,
     training_autocast,
@@ -123,7 +123,6 @@ def _matching_adapter(adapter_dir: Path, cfg, split: int, n_layers: int) -> None
 
 def load_cached_model(settings: GuardianSettings, cfg):
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = settings.resolved_device()
@@ -142,17 +141,8 @@ def load_cached_model(settings: GuardianSettings, cfg):
     split = max(1, n_layers - cfg.train_layers)
     if resolved.adapter_dir is not None:
         _matching_adapter(resolved.adapter_dir, cfg, split, n_layers)
-        model = PeftModel.from_pretrained(model, str(resolved.adapter_dir), is_trainable=True)
-    else:
-        lcfg = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=2 * cfg.lora_r,
-            lora_dropout=0.0,
-            target_modules=LORA_TARGETS,
-            layers_to_transform=list(range(split, n_layers)),
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lcfg)
+    model = attach_lora(model, cfg, resolved.adapter_dir,
+                        layers_to_transform=list(range(split, n_layers)))
     model.to(device)
     return model, tokenizer, tokens, base, device, split
 
