@@ -98,7 +98,9 @@ def candidate_judge(settings: GuardianSettings, adapter: Path) -> Callable:
     from model.engine import Query
     from model.policy import PolicyError, PolicyStore
 
-    backend = create_backend(settings.model_copy(update={"adapter": str(adapter)}))
+    # verdicts only (labels, categories, scores): the diff reads no response
+    backend = create_backend(
+        settings.model_copy(update={"adapter": str(adapter), "max_new_tokens": 0}))
     store = PolicyStore.from_settings(settings)
 
     def judge(rows: list[dict]) -> dict[str, dict]:
@@ -273,7 +275,9 @@ def retrain(
             from model.backends import create_backend
             from training.evaluate import evaluate
 
-            s = settings.model_copy(update={"adapter": str(adapter) if adapter else ""})
+            # the gate compares label F1s only: no response is decoded (max_new_tokens=0)
+            s = settings.model_copy(
+                update={"adapter": str(adapter) if adapter else "", "max_new_tokens": 0})
             sets = {k: list(v) for k, v in eval_sets.items()}
             res = evaluate(
                 create_backend(s), sets, batch_size=settings.batch_size, limit=eval_limit
