@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from model.engine import GuardianBackend, Query
 from model.policy import Policy, PolicyError, PolicyStore
+from model.verdict import Verdict
 
 
 @dataclass
@@ -118,6 +119,32 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str | None]]:
                 yield lineno, None
 
 
+def judged_batches(
+    backend: GuardianBackend, items: Iterable[tuple[Query, Policy]], *, batch_size: int = 64
+) -> Iterator[list[tuple[Query, Verdict]]]:
+    """`(query, policy)` pairs judged `batch_size` at a time, one `judge` call per policy in
+    a batch; yields each batch's `(query, verdict)` pairs as soon as it is judged."""
+    batch: list[tuple[Query, Policy]] = []
+
+    def run() -> list[tuple[Query, Verdict]]:
+        by_policy: dict[str, list[tuple[Query, Policy]]] = {}
+        for query, policy in batch:
+            by_policy.setdefault(policy.key, []).append((query, policy))
+        done = []
+        for group in by_policy.values():
+            queries = [q for q, _ in group]
+            done += zip(queries, backend.judge(queries, group[0][1]), strict=True)
+        batch.clear()
+        return done
+
+    for pair in items:
+        batch.append(pair)
+        if len(batch) >= batch_size:
+            yield run()
+    if batch:
+        yield run()
+
+
 def judge_in_batches(
     backend: GuardianBackend,
     items: Iterable[tuple[Query, Policy]],
@@ -126,34 +153,19 @@ def judge_in_batches(
     batch_size: int = 64,
     on_batch: Callable[[int], None] | None = None,
 ) -> int:
-    """Judge `(query, policy)` pairs `batch_size` at a time, one `judge` call per policy,
-    appending each verdict as a JSON line to `out` and flushing after every batch (so an
-    interrupted run loses at most one batch). Returns the number judged. `on_batch(n)` is
-    called after each flush: progress bars and counters. Also used by the topic re-scorer
+    """Judge `(query, policy)` pairs `batch_size` at a time (`judged_batches`), appending
+    each verdict as a JSON line to `out` and flushing after every batch (so an interrupted
+    run loses at most one batch). Returns the number judged. `on_batch(n)` is called after
+    each flush: progress bars and counters. Also used by the topic re-scorer
     (stream/rescore_topic.py)."""
     judged = 0
-    batch: list[tuple[Query, Policy]] = []
-
-    def flush() -> None:
-        nonlocal judged
-        by_policy: dict[str, list[tuple[Query, Policy]]] = {}
-        for query, policy in batch:
-            by_policy.setdefault(policy.key, []).append((query, policy))
-        for group in by_policy.values():
-            for verdict in backend.judge([q for q, _ in group], group[0][1]):
-                out.write(verdict.to_json() + "\n")
+    for done in judged_batches(backend, items, batch_size=batch_size):
+        for _, verdict in done:
+            out.write(verdict.to_json() + "\n")
         out.flush()
-        judged += len(batch)
+        judged += len(done)
         if on_batch is not None:
-            on_batch(len(batch))
-        batch.clear()
-
-    for pair in items:
-        batch.append(pair)
-        if len(batch) >= batch_size:
-            flush()
-    if batch:
-        flush()
+            on_batch(len(done))
     return judged
 
 

@@ -97,6 +97,7 @@ def candidate_judge(settings: GuardianSettings, adapter: Path) -> Callable:
     from model.backends import create_backend
     from model.engine import Query
     from model.policy import PolicyError, PolicyStore
+    from model.rescore import judged_batches
 
     # verdicts only (labels, categories, scores): the diff reads no response
     backend = create_backend(
@@ -104,21 +105,16 @@ def candidate_judge(settings: GuardianSettings, adapter: Path) -> Callable:
     store = PolicyStore.from_settings(settings)
 
     def judge(rows: list[dict]) -> dict[str, dict]:
-        groups: dict[str, tuple] = {}
-        for r in rows:
+        def policy_for(r: dict):
             try:
-                policy = store.for_text(r.get("policy_id") or None, r["text"])
+                return store.for_text(r.get("policy_id") or None, r["text"])
             except PolicyError:
-                policy = store.for_text(None, r["text"])
-            groups.setdefault(policy.key, (policy, []))[1].append(r)
-        out = {}
-        for policy, members in groups.values():
-            for i in range(0, len(members), settings.batch_size):
-                chunk = members[i : i + settings.batch_size]
-                verdicts = backend.judge([Query(str(r["id"]), r["text"]) for r in chunk], policy)
-                for r, v in zip(chunk, verdicts, strict=True):
-                    out[str(r["id"])] = v.to_dict() | {"id": str(r["id"])}
-        return out
+                return store.for_text(None, r["text"])
+
+        items = ((Query(str(r["id"]), r["text"]), policy_for(r)) for r in rows)
+        return {q.id: v.to_dict() | {"id": q.id}
+                for done in judged_batches(backend, items, batch_size=settings.batch_size)
+                for q, v in done}
 
     return judge
 
