@@ -9,7 +9,13 @@ A backlog of N queries is produced once the consumer is ready; latency per query
 timestamp of its verdict - Kafka timestamp of its query; throughput = N / (last verdict -
 first query). Kafka and Redis come from stream.services unless GUARDIAN_KAFKA_BOOTSTRAP is
 set. Without --model it builds the tiny test model (figures then say nothing about a real
-model, only about the plumbing).
+model, only about the plumbing). The worker runs in the shipped GUARDIAN_DTYPE (auto: bf16
+where the CPU has native bf16, else float32) unless the variable is set.
+
+After the naive run the same backend judges the same queries again without Kafka, one a
+call and GUARDIAN_MAX_BATCH a call: their ratio is what batching buys the model itself, and
+naive's time per query over the batched model time per query bounds the pipeline/naive
+ratio on this machine (a pipeline whose only cost were its model calls).
 
     python benchmarks/stream_throughput.py --n 300
 
@@ -178,7 +184,41 @@ async def naive(settings: GuardianSettings, n: int, topic_in: str, topic_out: st
     await c.stop()
     await p.stop()
     got = await collect(settings.kafka_bootstrap, topic_out, set(sent), 30)
-    return summarise("naive", sent, got)
+    res = summarise("naive", sent, got)
+    res["model_only"] = model_ceiling(backend, store, settings, items)
+    return res
+
+
+def model_ceiling(backend, store, settings: GuardianSettings, items) -> dict:
+    """The model's own share: the same queries judged one per call and max_batch per call.
+
+    No Kafka, no Faust: only the backend calls either consumer makes. A pipeline that cost
+    nothing but its batched model calls would reach naive's time per query over the batched
+    model time per query; that bound says what batching can buy on this machine.
+    """
+    from model.engine import Query
+
+    texts = [json.loads(v)["text"] for _, v in items]
+    groups: dict[str, list[Query]] = {}
+    for i, t in enumerate(texts):
+        groups.setdefault(store.for_text(settings.default_policy, t).id, []).append(
+            Query(str(i), t))
+    single = [q for g in groups.values() for q in g][:64]
+    t0 = time.perf_counter()
+    for q in single:
+        backend.judge([q], store.for_text(settings.default_policy, q.text))
+    one = (time.perf_counter() - t0) / len(single)
+    t0 = time.perf_counter()
+    for g in groups.values():
+        policy = store.for_text(settings.default_policy, g[0].text)
+        for k in range(0, len(g), settings.max_batch):
+            backend.judge(g[k:k + settings.max_batch], policy)
+    batched = (time.perf_counter() - t0) / len(texts)
+    out = {"single_ms": one * 1000, "batched_ms": batched * 1000, "ratio": one / batched}
+    print(f"model only (the same backend calls, no Kafka): one query a call "
+          f"{out['single_ms']:.1f} ms, {settings.max_batch} a call {out['batched_ms']:.1f} "
+          f"ms a query: x{out['ratio']:.2f}", flush=True)
+    return out
 
 
 # --- open loop ---------------------------------------------------------------------------
@@ -341,7 +381,7 @@ def main() -> int:
     os.environ.update({
         "GUARDIAN_BASE_MODEL": model, "GUARDIAN_REDIS_URL": "",
         "GUARDIAN_DEVICE": os.environ.get("GUARDIAN_DEVICE", "cpu"),
-        "GUARDIAN_DTYPE": os.environ.get("GUARDIAN_DTYPE", "float32"),
+        "GUARDIAN_DTYPE": os.environ.get("GUARDIAN_DTYPE", "auto"),  # as shipped
         "GUARDIAN_MAX_NEW_TOKENS": os.environ.get("GUARDIAN_MAX_NEW_TOKENS", "8"),
         "GUARDIAN_APP_ID": f"bench-{tag}", "GUARDIAN_TOPIC_QUERIES": f"bq-{tag}",
         "GUARDIAN_TOPIC_VERDICTS": f"bv-{tag}", "GUARDIAN_TOPIC_RESPONSES": f"br-{tag}",
@@ -356,17 +396,22 @@ def main() -> int:
         s = GuardianSettings()
         if args.rate:
             print(f"open loop: max_batch={s.max_batch} max_wait_ms={s.max_wait_ms} "
-                  f"device={s.device} dtype={s.dtype}")
+                  f"device={s.device} dtype={s.dtype} -> {s.resolved_dtype()}")
             run_open_loop(dict(os.environ), args)
             return 0
         print(f"n={args.n} max_batch={s.max_batch} max_wait_ms={s.max_wait_ms} "
-              f"max_new_tokens={s.max_new_tokens} device={s.device} dtype={s.dtype}")
+              f"max_new_tokens={s.max_new_tokens} device={s.device} "
+              f"dtype={s.dtype} -> {s.resolved_dtype()}")
         pipe = run_pipeline(dict(os.environ), args.n, args.timeout)
         nai = asyncio.run(naive(s, args.n, f"nq-{tag}", f"nv-{tag}"))
         print(f"pipeline/naive throughput ratio: "
               f"{pipe['throughput_qps'] / nai['throughput_qps']:.2f}x; "
               f"p50 ratio (naive/pipeline): {nai['p50_ms'] / pipe['p50_ms']:.2f}x; "
               f"p99 ratio (naive/pipeline): {nai['p99_ms'] / pipe['p99_ms']:.2f}x")
+        bound = 1000 / nai["throughput_qps"] / nai["model_only"]["batched_ms"]
+        print(f"bound on the ratio from the model alone (naive's {1000 / nai['throughput_qps']:.1f}"
+              f" ms a query / {nai['model_only']['batched_ms']:.1f} ms a query batched): "
+              f"x{bound:.2f}")
     finally:
         if broker:
             broker.stop()
