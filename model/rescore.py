@@ -152,16 +152,23 @@ def judge_in_batches(
     *,
     batch_size: int = 64,
     on_batch: Callable[[int], None] | None = None,
+    annotate: Callable[[Query], dict] | None = None,
 ) -> int:
     """Judge `(query, policy)` pairs `batch_size` at a time (`judged_batches`), appending
     each verdict as a JSON line to `out` and flushing after every batch (so an interrupted
     run loses at most one batch). Returns the number judged. `on_batch(n)` is called after
-    each flush: progress bars and counters. Also used by the topic re-scorer
-    (stream/rescore_topic.py)."""
+    each flush: progress bars and counters. `annotate(query)` returns fields added to that
+    query's line (what the caller knows about the record, not the model: the topic
+    re-scorer adds `text_chars` and `query_truncated` as the worker's verdicts carry them).
+    Also used by the topic re-scorer (stream/rescore_topic.py)."""
     judged = 0
     for done in judged_batches(backend, items, batch_size=batch_size):
-        for _, verdict in done:
-            out.write(verdict.to_json() + "\n")
+        for query, verdict in done:
+            if annotate is None:
+                out.write(verdict.to_json() + "\n")
+            else:
+                line = {**verdict.to_dict(), **annotate(query)}
+                out.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
         out.flush()
         judged += len(done)
         if on_batch is not None:

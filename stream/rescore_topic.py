@@ -296,6 +296,8 @@ class Selection:
     """The records of a range, sorted into what gets judged and what cannot be."""
 
     valid: dict[str, tuple[Query, Policy, Record]] = field(default_factory=dict)
+    #: per valid id, the fields its verdict gets beside the model's (as the worker's do)
+    record_fields: dict[str, dict] = field(default_factory=dict)
     invalid: list[Invalid] = field(default_factory=list)
     out_of_time: int = 0
     duplicates: int = 0
@@ -328,6 +330,9 @@ def select_queries(
             sel.duplicates += 1
             del sel.valid[result.id]  # re-inserted last: dict order = order of last records
         sel.valid[result.id] = (Query(result.id, result.text), chosen, rec)
+        sel.record_fields[result.id] = {"text_chars": result.text_chars}
+        if result.truncated:
+            sel.record_fields[result.id]["query_truncated"] = True
     return sel
 
 
@@ -475,8 +480,9 @@ def rescore_topic(
         with verdicts_path.open("a", encoding="utf-8") as fh, tqdm(
             total=len(todo), unit="q", desc="judging", disable=not progress
         ) as bar:
-            report.judged = judge_in_batches(backend, todo, fh, batch_size=batch_size,
-                                             on_batch=bar.update)
+            report.judged = judge_in_batches(
+                backend, todo, fh, batch_size=batch_size, on_batch=bar.update,
+                annotate=lambda q: sel.record_fields[q.id])
 
     new = {vid: v for vid, v in _read_jsonl(verdicts_path).items() if vid in sel.valid}
     prior: dict[str, dict] = {}

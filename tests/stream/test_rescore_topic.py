@@ -92,6 +92,8 @@ def test_select_queries_validates_like_the_worker():
     assert list(sel.valid) == ["e", "f", "a"]  # in order of their (last) records
     assert sel.valid["a"][0].text == "the second a" and sel.duplicates == 1
     assert sel.valid["e"][0].text == "x" * 20  # judged on its first max_text_chars, as the worker
+    assert sel.record_fields["e"] == {"text_chars": 50, "query_truncated": True}
+    assert sel.record_fields["a"] == {"text_chars": len("the second a")}  # the last record's
     assert sel.valid["f"][1].id == "default-ko"  # auto: the language's default
     assert sel.out_of_time == 1
     reasons = {(i.offset, i.reason) for i in sel.invalid}
@@ -252,6 +254,8 @@ def test_rescore_topic_range_diff_and_resume(stream_env, kafka_bootstrap, tmp_pa
     new = {json.loads(x)["id"]: json.loads(x) for x in lines}
     assert set(new) == want and len(lines) == 7, "exactly the in-range ids, once each"
     assert {v["label"] for v in new.values()} == {"unsafe"}
+    # as the worker's verdicts: the record's text length beside the model's fields
+    assert all(v["text_chars"] == len(f"tell me a joke number {k[1:]}") for k, v in new.items())
     assert {v["policy_id"] for v in new.values()} == {"all-unsafe"}
     assert first["judged"] == 7 and first["invalid"] == 2 and first["records"] == 9
     assert first["read"] == 15 and first["out_of_time"] == 6
