@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.transport.drivers.aiokafka import Consumer as _KafkaConsumer
 from faust.transport.drivers.aiokafka import Producer as _KafkaProducer
 
 from model.policy import Policy, PolicyError, PolicyStore
@@ -722,19 +723,42 @@ class _IdempotentProducer(_KafkaProducer):
         return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
 
 
-class GuardianApp(faust.App):
-    """faust.App whose producer is idempotent (aiokafka `enable_idempotence`).
+class _CommitOnRevokeConsumer(_KafkaConsumer):
+    async def on_partitions_revoked(self, revoked) -> None:
+        # Faust forgets the acked offsets of revoked partitions before it commits, so what
+        # was acked since the last periodic commit would be judged again by the next owner
+        try:
+            await self.commit()
+        except Exception:  # noqa: BLE001 - a failed commit only means redelivery
+            log.warning("committing before a rebalance failed", exc_info=True)
+        await super().on_partitions_revoked(revoked)
 
-    Why: without it a send the producer retries because the broker's answer was lost (seen
-    when the broker restarts mid-stream: the same verdict twice, same `created_at`) is
-    written twice; with it the broker keeps one. Faust turns idempotence on only in its
-    exactly-once (transactions) mode.
+
+class GuardianApp(faust.App):
+    """faust.App whose producer is idempotent and whose consumer commits on revocation.
+
+    Producer (aiokafka `enable_idempotence`): without it a send the producer retries because
+    the broker's answer was lost (seen when the broker restarts mid-stream: the same verdict
+    twice, same `created_at`) is written twice; with it the broker keeps one. Faust turns
+    idempotence on only in its exactly-once (transactions) mode.
+
+    Consumer: Faust commits acked offsets every `broker_commit_interval`, and at a rebalance
+    drops the acked offsets of the partitions it loses before committing; committing first
+    keeps the next owner from judging those records again.
     """
 
     def _new_producer(self):
         if not issubclass(self.transport.Producer, _KafkaProducer):  # another transport
             return super()._new_producer()
         return _IdempotentProducer(self.transport, loop=self.loop, beacon=self.beacon)
+
+    def _new_consumer(self):
+        if not issubclass(self.transport.Consumer, _KafkaConsumer):  # another transport
+            return super()._new_consumer()
+        return _CommitOnRevokeConsumer(
+            self.transport, callback=self.topics.on_message, loop=self.transport.loop,
+            on_partitions_revoked=self._on_partitions_revoked,
+            on_partitions_assigned=self._on_partitions_assigned, beacon=self.beacon)
 
 
 def create_app(settings: GuardianSettings | None = None, backend=None) -> faust.App:
