@@ -400,9 +400,7 @@ class Pipeline:
             key = q.id.encode("utf-8")
             # what the record says about the query itself; the cached verdict stays as the
             # model made it (another record with the same judged text may be shorter)
-            v = dict(v, text_chars=q.text_chars)
-            if q.truncated:
-                v["query_truncated"] = True
+            v = dict(v, **q.verdict_fields())
             outputs.append(_Output("verdict", source, self.t_verdicts, key, _dumps(v)))
             unsafe = v.get("label") == "unsafe"
             near = (not unsafe) and policy.near_threshold(float(v.get("unsafe_score") or 0.0))

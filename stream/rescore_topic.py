@@ -330,9 +330,7 @@ def select_queries(
             sel.duplicates += 1
             del sel.valid[result.id]  # re-inserted last: dict order = order of last records
         sel.valid[result.id] = (Query(result.id, result.text), chosen, rec)
-        sel.record_fields[result.id] = {"text_chars": result.text_chars}
-        if result.truncated:
-            sel.record_fields[result.id]["query_truncated"] = True
+        sel.record_fields[result.id] = result.verdict_fields()
     return sel
 
 

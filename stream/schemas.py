@@ -81,6 +81,14 @@ class QueryMessage:
         """Whether `text` is a prefix of a longer record text."""
         return self.text_chars > len(self.text)
 
+    def verdict_fields(self) -> dict[str, Any]:
+        """What a verdict for this record says about the record beside the model's fields:
+        its text length and, when only a prefix was judged, `query_truncated`."""
+        fields: dict[str, Any] = {"text_chars": self.text_chars}
+        if self.truncated:
+            fields["query_truncated"] = True
+        return fields
+
 
 def _lone_surrogate(value: Any) -> bool:
     """JSON escapes such as "\\ud800" parse to strings that cannot be encoded as UTF-8."""
