@@ -10,11 +10,15 @@ could matter); scores are kept in `scores-<name>.json` beside the report, so a r
 an interruption, or on a rebuilt dataset, scores only what is new. Verdicts are then
 derived per policy without touching the model again:
 
-- `model`: every category blocked at the candidate's threshold: the model's own judgement,
+- `model`: every category blocked at the model's threshold: the model's own judgement,
   which the per-category targets are about;
 - `policy`: the default policy of the query's language (its threshold and its blocked
   categories); a true label counts as unsafe only if its category is one that policy
   blocks, since an allowed category passing is what the policy asks for.
+
+Each model is measured at its own dev "strict" point, the threshold it would ship with: a
+shipped model compared at a candidate's threshold would look worse (or better) for a reason
+that is not the model.
 
 Writes `suite.json`, `EVAL.md` (tables a person reads) and `pr_curves.png`.
 """
@@ -301,8 +305,10 @@ def _f(x) -> str:
 def markdown(result: dict) -> str:
     out = [f"# Guardian evaluation suite: {result['candidate']}", ""]
     out += [result.get("note", ""), ""]
-    for mode, title in (("policy", "the default policy of the query's language"),
-                        ("model", "every category blocked, the candidate's dev threshold")):
+    for mode, title in (("policy", "the default policy of the query's language, each model "
+                                   "at its own dev strict point"),
+                        ("model", "every category blocked, each model at its own dev strict "
+                                  "threshold")):
         out += [
             f"## Binary figures under {title}",
             "",
@@ -346,8 +352,16 @@ def markdown(result: dict) -> str:
         for t, row in cm.items():
             out.append(f"| {t} | " + " | ".join(str(row.get(c, 0)) for c in cols) + " |")
         out.append("")
-    out += ["## Operating points chosen on the dev split", "", "```json",
-            json.dumps(result["operating_points"], indent=2), "```", ""]
+    out += ["## Operating points chosen on the dev split", "",
+            "| model | language | strict threshold (P / R / FPR) "
+            "| permissive threshold (P / R / FPR) |", "|---|---|---|---|"]
+    for model, per_lang in result.get("operating_points_by_model", {}).items():
+        for lang, pts in per_lang.items():
+            cells = [f"{p['threshold']:.2f} ({p['dev_precision']:.3f} / {p['dev_recall']:.3f} / "
+                     f"{p['dev_fpr']:.3f})" for p in (pts["strict"], pts["permissive"])]
+            out.append(f"| {model} | {lang} | " + " | ".join(cells) + " |")
+    out += ["", f"The candidate's ({result['candidate']}), as JSON for the policies:", "",
+            "```json", json.dumps(result["operating_points"], indent=2), "```", ""]
     if result.get("responses"):
         r = result["responses"]
         out += ["## Safety responses", "", f"{r['n']} unsafe test queries: response present "
@@ -468,19 +482,19 @@ def run_suite(
         books["probe"] = book.scores
 
     store = PolicyStore.from_settings(settings)
-    points = {lang: choose_points(books[candidate], dev, lang, fpr_limits) for lang in ("ko", "en")}
-    # each language's default policy at its dev "strict" point: the policy the card ships
-    policies = {
-        lang: _with_threshold(store.for_text(None, "가" if lang == "ko" else "a"),
-                              points[lang]["strict"]["threshold"])
-        for lang in ("ko", "en")
+    points_by_model = {
+        name: {lang: choose_points(book, dev, lang, fpr_limits) for lang in ("ko", "en")}
+        for name, book in books.items()
     }
+    defaults = {lang: store.for_text(None, "가" if lang == "ko" else "a") for lang in ("ko", "en")}
 
-    def policy_for(r: Row) -> Policy:
-        return policies[r.language]
-
-    def thr(r: Row) -> float:
-        return points[r.language]["strict"]["threshold"]
+    def at_own_point(model: str):
+        """(policy_for, thr) of one model: each language's default policy at that model's
+        dev strict point, the policy that model's card would ship."""
+        pts = points_by_model[model]
+        policies = {lang: _with_threshold(defaults[lang], pts[lang]["strict"]["threshold"])
+                    for lang in pts}
+        return (lambda r: policies[r.language]), (lambda r: pts[r.language]["strict"]["threshold"])
 
     groups: dict[str, list[Row]] = {}
     for r in held:
@@ -489,11 +503,12 @@ def run_suite(
         groups.setdefault(f"test/{r.source}", []).append(r)
     for lang in ("ko", "en"):
         groups[f"all/{lang}"] = [r for r in test + held if r.language == lang]
-    result = {"candidate": candidate, "sets": {}, "operating_points": points,
-              "categories": {}, "confusion": {}}
+    result = {"candidate": candidate, "sets": {}, "operating_points": points_by_model[candidate],
+              "operating_points_by_model": points_by_model, "categories": {}, "confusion": {}}
     for name, rows in groups.items():
         result["sets"][name] = {}
         for model, book in books.items():
+            policy_for, thr = at_own_point(model)
             modes = {"model": figures(*predict(book, rows, policy_for, "model", thr), rows)}
             if model != "probe":
                 modes["policy"] = figures(*predict(book, rows, policy_for, "policy"), rows)
@@ -504,6 +519,7 @@ def run_suite(
         for model, book in books.items():
             if model == "probe":
                 continue
+            policy_for, thr = at_own_point(model)
             yt, yp, _sc, tc, pc = predict(book, rows, policy_for, "model", thr)
             result["categories"][lang][model] = per_category(yt, yp, tc, pc)
             if model == candidate:

@@ -69,3 +69,30 @@ def test_policy_mode_counts_only_blocked_categories_as_truth():
     assert f["fpr_lookalike"] == 1.0 and f["unsafe"]["recall"] == 1.0
     pts = choose_points(book, rows, "en", {"strict": 0.5})
     assert pts["strict"]["threshold"] > 0.7  # the look-alike at 0.7 must stay below it
+
+
+def test_each_model_is_measured_at_its_own_dev_point(tiny_settings, tmp_path):
+    """Two models that rank every row right on different score scales: each must get its
+    own dev threshold and full recall; at the other's threshold "b" would catch nothing."""
+    from datasets import load_from_disk
+
+    _dataset(tmp_path / "ds")
+    out = tmp_path / "r"
+    out.mkdir()
+    ds = load_from_disk(str(tmp_path / "ds"))
+    rows = [r for split in ("dev", "test", "heldout") for r in ds[split]]
+    for name, (hi, lo) in {"a": (0.9, 0.1), "b": (0.08, 0.02)}.items():
+        book = {r["text"]: [hi if r["label"] == "unsafe" else lo, r["category"]] for r in rows}
+        (out / f"scores-{name}.json").write_text(json.dumps(book))
+    res = run_suite(tiny_settings, str(tmp_path / "ds"), {"a": "none", "b": "none"}, str(out),
+                    candidate="a", probe=False, responses=0, progress=False)
+    by = res["operating_points_by_model"]
+    assert by["a"]["en"]["strict"]["threshold"] == 0.11
+    assert by["b"]["en"]["strict"]["threshold"] == 0.03
+    assert res["operating_points"] == by["a"]
+    for model in ("a", "b"):
+        for mode in ("model", "policy"):
+            assert res["sets"]["heldout/harmfulqa"][model][mode]["unsafe"]["recall"] == 1.0
+        assert res["sets"]["all/en"][model]["model"]["fpr_lookalike"] == 0.0
+    md = (out / "EVAL.md").read_text()
+    assert "| b | en | 0.03 (" in md
