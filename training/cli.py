@@ -238,6 +238,25 @@ def parse_since(value: str | None, now: float | None = None) -> float | None:
         raise SystemExit(f"--since: {exc}; or an age like 24h / 7d") from None
 
 
+def cmd_audit(args) -> int:
+    from training.audit import audit_suite, markdown
+
+    result = audit_suite(args.audit, args.suite)
+    md = markdown(result, args.audit)
+    (Path(args.suite) / "audit.json").write_text(json.dumps(result, indent=1) + "\n")
+    (Path(args.suite) / "AUDIT.md").write_text(md, encoding="utf-8")
+    print(md)
+    return 0
+
+
+def cmd_soup(args) -> int:
+    from training.soup import soup
+
+    out = soup(args.adapter, args.out, weights=args.weight, version=args.version or "")
+    print(f"wrote {out}: the weighted mean of {len(args.adapter)} adapters")
+    return 0
+
+
 def cmd_retrain(args) -> int:
     from training.evaluate import load_eval_sets
     from training.retrain import retrain
@@ -332,6 +351,23 @@ def register(subparsers) -> None:
     su.add_argument("--responses", type=int, default=200, help="unsafe test queries decoded")
     su.add_argument("--no-probe", action="store_true", help="skip the frozen-base probe floor")
     su.set_defaults(func=cmd_suite)
+
+    au = subparsers.add_parser(
+        "audit", help="a suite's models against a reader's audit of a mislabelled source"
+    )
+    au.add_argument("--audit", required=True, help="audit JSONL (data/audits/)")
+    au.add_argument("--suite", required=True, help="a `guardian suite` report folder")
+    au.set_defaults(func=cmd_audit)
+
+    so = subparsers.add_parser(
+        "soup", help="one LoRA adapter that is the weighted mean of several (a model soup)"
+    )
+    so.add_argument("--adapter", action="append", required=True, help="an adapter; repeatable")
+    so.add_argument("--weight", action="append", type=float,
+                    help="one per --adapter, in order (default: equal weights)")
+    so.add_argument("--out", required=True, help="folder for the soup adapter")
+    so.add_argument("--version", help="the soup's version (default: a timestamp)")
+    so.set_defaults(func=cmd_soup)
 
     e = subparsers.add_parser("eval", help="paper table + FPR, best-threshold F1, PR curve")
     e.add_argument("--data", required=True, help="DatasetDict folder or CSV/JSONL file")
