@@ -259,7 +259,15 @@ def attach_lora(model, cfg: TrainConfig, init: Path | None, **layout):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if init is not None:
-        return PeftModel.from_pretrained(model, str(init), is_trainable=True)
+        tuned = PeftModel.from_pretrained(model, str(init), is_trainable=True)
+        # A saved adapter names its base by the bare name (no machine path, see
+        # _drop_local_base_path). Point it back at the local base folder, or
+        # save_pretrained looks that name up on the Hub to check the vocabulary.
+        local = getattr(model.config, "_name_or_path", None)
+        if local and Path(local, "config.json").is_file():
+            for conf in tuned.peft_config.values():
+                conf.base_model_name_or_path = local
+        return tuned
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0,
                       target_modules=LORA_TARGETS, task_type="CAUSAL_LM", **layout)
     return get_peft_model(model, lcfg)

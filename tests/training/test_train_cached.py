@@ -135,8 +135,16 @@ def test_init_from_continues_a_cached_adapter_from_its_weights(tiny_settings, tm
     lora_b = {n: p for n, p in model.named_parameters() if "lora_B" in n}
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b.values())  # not a fresh LoRA
     assert len([k for k in saved if "lora_B" in k]) == len(lora_b)
-    again = train(tiny_settings, cfg, ROWS, responses=BANK, progress=False)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        again = train(tiny_settings, cfg, ROWS, responses=BANK, progress=False)
     assert again["finished"]
+    # saving looks at the local base, not the Hub (no network lookup, no warning)
+    assert not [w for w in seen if "Could not find a config file" in str(w.message)]
+    saved_cfg = (tmp_path / "next" / "adapter_config.json").read_text()
+    assert str(tmp_path) not in saved_cfg and "tiny-guardian" in saved_cfg
     # continued from trained weights: its first loss starts where the first run ended
     assert again["losses"][0] < first["losses"][0]
 
