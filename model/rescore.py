@@ -164,11 +164,7 @@ def judge_in_batches(
     judged = 0
     for done in judged_batches(backend, items, batch_size=batch_size):
         for query, verdict in done:
-            if annotate is None:
-                out.write(verdict.to_json() + "\n")
-            else:
-                line = {**verdict.to_dict(), **annotate(query)}
-                out.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
+            out.write(verdict.to_json(**(annotate(query) if annotate else {})) + "\n")
         out.flush()
         judged += len(done)
         if on_batch is not None:

@@ -55,8 +55,10 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True)
+    def to_json(self, **extra: Any) -> str:
+        """One JSON line; `extra` fields (what a caller knows about the record, not the
+        model) are written beside the verdict's own."""
+        return json.dumps({**self.to_dict(), **extra}, ensure_ascii=False, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Verdict:
