@@ -199,18 +199,17 @@ def model_ceiling(backend, store, settings: GuardianSettings, items) -> dict:
     from model.engine import Query
 
     texts = [json.loads(v)["text"] for _, v in items]
-    groups: dict[str, list[Query]] = {}
+    groups: dict[str, tuple[object, list[Query]]] = {}  # policy id -> (policy, queries)
     for i, t in enumerate(texts):
-        groups.setdefault(store.for_text(settings.default_policy, t).id, []).append(
-            Query(str(i), t))
-    single = [q for g in groups.values() for q in g][:64]
+        policy = store.for_text(settings.default_policy, t)
+        groups.setdefault(policy.id, (policy, []))[1].append(Query(str(i), t))
+    single = [(q, policy) for policy, g in groups.values() for q in g][:64]
     t0 = time.perf_counter()
-    for q in single:
-        backend.judge([q], store.for_text(settings.default_policy, q.text))
+    for q, policy in single:
+        backend.judge([q], policy)
     one = (time.perf_counter() - t0) / len(single)
     t0 = time.perf_counter()
-    for g in groups.values():
-        policy = store.for_text(settings.default_policy, g[0].text)
+    for policy, g in groups.values():
         for k in range(0, len(g), settings.max_batch):
             backend.judge(g[k:k + settings.max_batch], policy)
     batched = (time.perf_counter() - t0) / len(texts)
